@@ -1,0 +1,361 @@
+//! The replicated key-value state machine and its client sessions.
+//!
+//! It does not know Raft: the runtime hands it committed commands in log order and it applies
+//! each one. Each command carries the client's id and sequence number; the session table
+//! remembers every client's last sequence number and reply, so a retried command (a lost reply,
+//! a duplicated datagram, a resend to a new leader) is applied once and answered with the
+//! original reply (dissertation §6.3).
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::{Entry, Index, Payload};
+
+/// Longest key accepted, in bytes.
+pub const MAX_KEY_BYTES: usize = 1024;
+/// Longest value accepted, in bytes. With the key and headers a request stays well inside one
+/// datagram and one AppendEntries.
+pub const MAX_VALUE_BYTES: usize = 16 * 1024;
+
+/// An operation a client asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Set `key` to `value`.
+    Put {
+        /// Key.
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        /// New value.
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
+    /// Read `key`. Served by the leader through ReadIndex, never written to the log.
+    Get {
+        /// Key.
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
+    /// Remove `key`; removing an absent key succeeds.
+    Del {
+        /// Key.
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
+    /// Set `key` to `new` only if it currently holds `expected`.
+    Cas {
+        /// Key.
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        /// Value the key must hold now.
+        #[serde(with = "serde_bytes")]
+        expected: Vec<u8>,
+        /// Value to store when it does.
+        #[serde(with = "serde_bytes")]
+        new: Vec<u8>,
+    },
+}
+
+impl Op {
+    /// The key the operation touches.
+    pub fn key(&self) -> &[u8] {
+        match self {
+            Op::Put { key, .. } | Op::Get { key } | Op::Del { key } | Op::Cas { key, .. } => key,
+        }
+    }
+
+    /// True for operations that change state and so go through the log.
+    pub fn is_write(&self) -> bool {
+        !matches!(self, Op::Get { .. })
+    }
+
+    /// Checks the documented size limits.
+    ///
+    /// # Errors
+    /// A message naming the limit that was exceeded.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.key().len() > MAX_KEY_BYTES {
+            return Err(format!("key is longer than {MAX_KEY_BYTES} bytes"));
+        }
+        let values: &[&Vec<u8>] = match self {
+            Op::Put { value, .. } => &[value],
+            Op::Cas { expected, new, .. } => &[expected, new],
+            _ => &[],
+        };
+        if values.iter().any(|v| v.len() > MAX_VALUE_BYTES) {
+            return Err(format!("value is longer than {MAX_VALUE_BYTES} bytes"));
+        }
+        Ok(())
+    }
+}
+
+/// What applying an operation produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// A put or del was applied.
+    Done,
+    /// A get's answer: the value, or None when the key is absent.
+    Value(Option<serde_bytes::ByteBuf>),
+    /// A cas was applied.
+    Swapped,
+    /// A cas found another value (or none); nothing changed.
+    Mismatch(Option<serde_bytes::ByteBuf>),
+    /// The command's sequence number is older than the client's latest: it is a late duplicate
+    /// of a request the client has already seen answered, and was not applied again.
+    Stale,
+}
+
+/// A write as it travels through the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    /// Client that issued it.
+    pub client_id: u64,
+    /// Client's sequence number for it; a client's numbers increase.
+    pub seq: u64,
+    /// The write itself.
+    pub op: Op,
+}
+
+/// A client's last applied command and its reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Session {
+    last_seq: u64,
+    reply: Reply,
+}
+
+/// The key-value store plus the session table.
+#[derive(Debug, Default)]
+pub struct KvStore {
+    /// The data. Ordered so that a snapshot writes it in a deterministic order.
+    data: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// client id -> last applied command and its reply.
+    sessions: HashMap<u64, Session>,
+    /// Index of the last applied entry.
+    applied_index: Index,
+    /// Rolling hash of every applied entry, so two nodes can tell cheaply whether they have
+    /// applied the same history.
+    digest: u64,
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+fn fnv(mut hash: u64, bytes: &[u8]) -> u64 {
+    for &b in bytes {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(FNV_PRIME);
+    }
+    hash
+}
+
+impl KvStore {
+    /// An empty store.
+    pub fn new() -> KvStore {
+        KvStore {
+            digest: FNV_OFFSET,
+            ..KvStore::default()
+        }
+    }
+
+    /// Index of the last applied entry.
+    pub fn applied_index(&self) -> Index {
+        self.applied_index
+    }
+
+    /// Digest of the applied history, as 16 hex digits.
+    pub fn digest(&self) -> String {
+        format!("{:016x}", self.digest)
+    }
+
+    /// Number of keys stored.
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    /// True when no key is stored.
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// Number of client sessions remembered.
+    pub fn sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Current value of `key`.
+    pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
+        self.data.get(key).map(Vec::as_slice)
+    }
+
+    /// The reply already given to `client_id` for `seq`, if that command was applied.
+    pub fn cached_reply(&self, client_id: u64, seq: u64) -> Option<Reply> {
+        let session = self.sessions.get(&client_id)?;
+        match seq.cmp(&session.last_seq) {
+            std::cmp::Ordering::Equal => Some(session.reply.clone()),
+            std::cmp::Ordering::Less => Some(Reply::Stale),
+            std::cmp::Ordering::Greater => None,
+        }
+    }
+
+    /// Applies one committed entry, which must be the next one. Returns the decoded command
+    /// and its reply; no-ops and undecodable commands return None (the latter is logged: it
+    /// means a peer with another build wrote it, and skipping it on every node keeps the
+    /// replicas equal).
+    ///
+    /// # Panics
+    /// If `entry` is not the entry right after the last applied one.
+    pub fn apply(&mut self, entry: &Entry) -> Option<(Command, Reply)> {
+        assert_eq!(
+            entry.index,
+            self.applied_index + 1,
+            "applying {} after {}",
+            entry.index,
+            self.applied_index
+        );
+        self.applied_index = entry.index;
+        self.digest = fnv(self.digest, &entry.index.to_le_bytes());
+        self.digest = fnv(self.digest, &entry.term.to_le_bytes());
+        let Payload::Command(data) = &entry.payload else {
+            return None;
+        };
+        self.digest = fnv(self.digest, data);
+        let command = match decode_command(data) {
+            Ok(command) => command,
+            Err(e) => {
+                log::warn!("entry {} holds an undecodable command: {e}", entry.index);
+                return None;
+            }
+        };
+        let reply = self.apply_command(&command);
+        Some((command, reply))
+    }
+
+    fn apply_command(&mut self, command: &Command) -> Reply {
+        if let Some(reply) = self.cached_reply(command.client_id, command.seq) {
+            return reply;
+        }
+        let reply = self.apply_op(&command.op);
+        let session = Session {
+            last_seq: command.seq,
+            reply: reply.clone(),
+        };
+        self.sessions.insert(command.client_id, session);
+        reply
+    }
+
+    fn apply_op(&mut self, op: &Op) -> Reply {
+        match op {
+            Op::Put { key, value } => {
+                self.data.insert(key.clone(), value.clone());
+                Reply::Done
+            }
+            Op::Del { key } => {
+                self.data.remove(key);
+                Reply::Done
+            }
+            Op::Cas { key, expected, new } => {
+                let current = self.data.get(key);
+                if current == Some(expected) {
+                    self.data.insert(key.clone(), new.clone());
+                    Reply::Swapped
+                } else {
+                    Reply::Mismatch(current.map(|v| serde_bytes::ByteBuf::from(v.clone())))
+                }
+            }
+            Op::Get { key } => Reply::Value(self.get(key).map(serde_bytes::ByteBuf::from)),
+        }
+    }
+}
+
+/// Encodes a command as a log entry payload.
+pub fn encode_command(command: &Command) -> Vec<u8> {
+    bincode::serde::encode_to_vec(command, bincode::config::standard())
+        .expect("commands always encode")
+}
+
+/// Decodes a log entry payload.
+///
+/// # Errors
+/// When the bytes are not a command.
+pub fn decode_command(data: &[u8]) -> Result<Command, bincode::error::DecodeError> {
+    let config = bincode::config::standard().with_limit::<{ 1 << 20 }>();
+    let (command, _) = bincode::serde::decode_from_slice(data, config)?;
+    Ok(command)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put_entry(index: Index, client_id: u64, seq: u64, key: &str, value: &str) -> Entry {
+        let op = Op::Put {
+            key: key.into(),
+            value: value.into(),
+        };
+        cmd_entry(index, client_id, seq, op)
+    }
+
+    fn cmd_entry(index: Index, client_id: u64, seq: u64, op: Op) -> Entry {
+        let command = Command { client_id, seq, op };
+        Entry {
+            term: 1,
+            index,
+            payload: Payload::Command(encode_command(&command)),
+        }
+    }
+
+    #[test]
+    fn retried_command_is_applied_once() {
+        let mut kv = KvStore::new();
+        kv.apply(&put_entry(1, 7, 1, "k", "a"));
+        let cas = Op::Cas {
+            key: "k".into(),
+            expected: "a".into(),
+            new: "b".into(),
+        };
+        let (_, first) = kv.apply(&cmd_entry(2, 7, 2, cas.clone())).unwrap();
+        assert_eq!(first, Reply::Swapped);
+        // The same request committed again (a retry through a new leader) answers the same.
+        let (_, again) = kv.apply(&cmd_entry(3, 7, 2, cas)).unwrap();
+        assert_eq!(again, Reply::Swapped);
+        assert_eq!(kv.get(b"k"), Some(&b"b"[..]));
+        assert_eq!(kv.cached_reply(7, 1), Some(Reply::Stale));
+    }
+
+    #[test]
+    fn cas_mismatch_reports_current_value() {
+        let mut kv = KvStore::new();
+        kv.apply(&put_entry(1, 1, 1, "k", "x"));
+        let cas = Op::Cas {
+            key: "k".into(),
+            expected: "y".into(),
+            new: "z".into(),
+        };
+        let (_, reply) = kv.apply(&cmd_entry(2, 1, 2, cas)).unwrap();
+        assert_eq!(reply, Reply::Mismatch(Some(b"x".to_vec().into())));
+    }
+
+    #[test]
+    fn digest_tracks_history() {
+        let mut a = KvStore::new();
+        let mut b = KvStore::new();
+        a.apply(&put_entry(1, 1, 1, "k", "v"));
+        b.apply(&put_entry(1, 1, 1, "k", "v"));
+        assert_eq!(a.digest(), b.digest());
+        a.apply(&put_entry(2, 1, 2, "k", "w"));
+        assert_ne!(a.digest(), b.digest());
+    }
+
+    #[test]
+    fn oversized_values_are_refused() {
+        let op = Op::Put {
+            key: vec![b'k'; 10],
+            value: vec![0; MAX_VALUE_BYTES + 1],
+        };
+        assert!(op.validate().is_err());
+        let op = Op::Get {
+            key: vec![b'k'; MAX_KEY_BYTES + 1],
+        };
+        assert!(op.validate().is_err());
+    }
+}
