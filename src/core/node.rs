@@ -259,6 +259,8 @@ pub struct RaftNode {
     read_round: u64,
     /// A read arrived: start a new heartbeat round at the next `ready`.
     read_round_wanted: bool,
+    /// The commit index rose: tell followers at the next `ready`, so they apply promptly.
+    commit_broadcast_wanted: bool,
     /// Reads waiting until an entry of this leader's term commits (§6.4: only then does a new
     /// leader know the commit index).
     reads_awaiting_commit: Vec<u64>,
@@ -302,6 +304,7 @@ impl RaftNode {
             persisted_hard_state: hard_state,
             read_round: 0,
             read_round_wanted: false,
+            commit_broadcast_wanted: false,
             reads_awaiting_commit: Vec::new(),
             pending_reads: Vec::new(),
             ready: Ready::default(),
@@ -537,6 +540,7 @@ impl RaftNode {
     pub fn has_ready(&self) -> bool {
         !self.ready.is_empty()
             || self.read_round_wanted
+            || self.commit_broadcast_wanted
             || self.unstable_from <= self.log.last_index()
             || self.hard_state() != self.persisted_hard_state
             || self.last_applied < self.commit_index
@@ -549,11 +553,16 @@ impl RaftNode {
         if self.role == Role::Leader {
             if self.read_round_wanted {
                 self.read_round_wanted = false;
+                self.commit_broadcast_wanted = false;
                 self.read_round += 1;
                 self.send_heartbeats();
                 self.check_reads();
             }
             self.send_pending_appends();
+            if self.commit_broadcast_wanted {
+                self.commit_broadcast_wanted = false;
+                self.send_commit_updates();
+            }
         }
 
         let mut ready = std::mem::take(&mut self.ready);
@@ -598,6 +607,7 @@ impl RaftNode {
         }
         self.role = Role::Follower;
         self.leader_id = leader;
+        self.commit_broadcast_wanted = false;
         self.votes.clear();
         self.progress.clear();
         self.drop_reads();
@@ -927,6 +937,7 @@ impl RaftNode {
         }
         let first_in_term = self.log.term_at(self.commit_index) != Some(self.current_term);
         self.commit_index = quorum_index;
+        self.commit_broadcast_wanted = true;
         if first_in_term {
             // The no-op of this term has committed: reads held back until now may proceed.
             for ctx in std::mem::take(&mut self.reads_awaiting_commit) {
@@ -972,6 +983,15 @@ impl RaftNode {
             if let Some(pr) = self.progress.get_mut(&to) {
                 pr.probe_sent = false;
             }
+            self.send_append(to);
+        }
+    }
+
+    /// Tells followers the new commit index, skipping those that this batch already tells.
+    fn send_commit_updates(&mut self) {
+        let told: Vec<NodeId> = self.ready.messages.iter().map(|e| e.to).collect();
+        let peers: Vec<NodeId> = self.peers().filter(|p| !told.contains(p)).collect();
+        for to in peers {
             self.send_append(to);
         }
     }
@@ -1108,5 +1128,381 @@ impl RaftNode {
                 self.id
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::message::{AppendEntries, RequestVote};
+
+    fn config(id: NodeId, n: u64) -> Config {
+        Config::new(id, (1..=n).collect())
+    }
+
+    fn node(id: NodeId, n: u64) -> RaftNode {
+        RaftNode::new(config(id, n), HardState::default(), RaftLog::default(), id)
+    }
+
+    fn entry(index: Index, term: Term) -> Entry {
+        Entry {
+            term,
+            index,
+            payload: Payload::Command(vec![index as u8]),
+        }
+    }
+
+    fn node_with_log(id: NodeId, n: u64, term: Term, terms: &[Term]) -> RaftNode {
+        let entries = terms
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| entry(i as u64 + 1, t))
+            .collect();
+        let hs = HardState {
+            current_term: term,
+            voted_for: None,
+        };
+        RaftNode::new(config(id, n), hs, RaftLog::new(0, 0, entries), id)
+    }
+
+    /// Takes a ready batch, "persists" it at once, and returns every message with its sender.
+    fn drain(node: &mut RaftNode) -> Vec<(NodeId, Envelope)> {
+        let mut out = Vec::new();
+        while node.has_ready() {
+            let rd = node.ready();
+            if let Some(last) = rd.entries.last() {
+                node.on_persisted(last.index, last.term);
+            }
+            let from = node.id();
+            out.extend(rd.messages.into_iter().map(|m| (from, m)));
+            out.extend(rd.persisted_messages.into_iter().map(|m| (from, m)));
+        }
+        out
+    }
+
+    /// Delivers messages among `nodes` until none are left; `allow` filters links.
+    fn settle(nodes: &mut [RaftNode], allow: &dyn Fn(NodeId, NodeId) -> bool) {
+        let mut queue: Vec<(NodeId, Envelope)> = Vec::new();
+        for n in nodes.iter_mut() {
+            queue.extend(drain(n));
+        }
+        let mut steps = 0;
+        while let Some((from, env)) = queue.pop() {
+            steps += 1;
+            assert!(steps < 100_000, "cluster does not settle");
+            if !allow(from, env.to) {
+                continue;
+            }
+            let target = &mut nodes[(env.to - 1) as usize];
+            target.step(from, env.message);
+            target.check_invariants();
+            queue.extend(drain(target));
+        }
+    }
+
+    fn all(_: NodeId, _: NodeId) -> bool {
+        true
+    }
+
+    fn elect(nodes: &mut [RaftNode], id: NodeId) {
+        nodes[(id - 1) as usize].campaign();
+        settle(nodes, &all);
+        assert_eq!(nodes[(id - 1) as usize].role(), Role::Leader);
+    }
+
+    // §5.2: a follower that hears nothing for an election timeout starts an election.
+    #[test]
+    fn follower_times_out_and_campaigns() {
+        let mut n = node(1, 3);
+        for _ in 0..300 {
+            n.tick();
+        }
+        assert_eq!(n.role(), Role::Candidate);
+        assert_eq!(n.current_term(), 1);
+        let rd = n.ready();
+        assert_eq!(rd.hard_state.unwrap().voted_for, Some(1));
+        assert!(
+            rd.messages.is_empty(),
+            "vote requests wait for the vote to be durable"
+        );
+        assert_eq!(rd.persisted_messages.len(), 2);
+    }
+
+    // §5.2: the randomized timeout stays inside the configured range.
+    #[test]
+    fn election_timeout_is_randomized_within_range() {
+        let n = node(1, 3);
+        let timeout = n.ticks_until_timer();
+        assert!((150..300).contains(&timeout), "timeout {timeout}");
+    }
+
+    // §5.2: a candidate with a quorum of votes becomes leader and appends a no-op (§8).
+    #[test]
+    fn candidate_with_quorum_leads_and_appends_noop() {
+        let mut nodes: Vec<RaftNode> = (1..=3).map(|id| node(id, 3)).collect();
+        elect(&mut nodes, 1);
+        let leader = &nodes[0];
+        assert_eq!(leader.log().last_index(), 1);
+        assert_eq!(leader.log().entry(1).unwrap().payload, Payload::Noop);
+        assert_eq!(leader.commit_index(), 1);
+        for n in &nodes[1..] {
+            assert_eq!(n.leader_id(), Some(1));
+            assert_eq!(n.commit_index(), 1, "followers learn the commit index");
+        }
+    }
+
+    // Single-member clusters elect themselves and commit alone.
+    #[test]
+    fn single_node_commits_alone() {
+        let mut n = node(1, 1);
+        n.campaign();
+        assert_eq!(n.role(), Role::Leader);
+        let index = n.propose(b"x".to_vec()).unwrap();
+        drain(&mut n);
+        assert_eq!(n.commit_index(), index);
+    }
+
+    // §5.1: a message with a higher term turns any node into a follower of that term.
+    #[test]
+    fn higher_term_makes_leader_step_down() {
+        let mut nodes: Vec<RaftNode> = (1..=3).map(|id| node(id, 3)).collect();
+        elect(&mut nodes, 1);
+        let request = RequestVote {
+            term: 5,
+            last_log_index: 0,
+            last_log_term: 0,
+        };
+        nodes[0].step(2, Message::RequestVote(request));
+        assert_eq!(nodes[0].role(), Role::Follower);
+        assert_eq!(nodes[0].current_term(), 5);
+    }
+
+    // §5.2, §5.4.1: one vote per term, and only for a log at least as up to date.
+    #[test]
+    fn votes_once_per_term_for_up_to_date_logs() {
+        let mut n = node_with_log(1, 3, 2, &[1, 2]);
+        let stale = RequestVote {
+            term: 3,
+            last_log_index: 5,
+            last_log_term: 1,
+        };
+        n.step(2, Message::RequestVote(stale));
+        assert_eq!(
+            n.hard_state().voted_for,
+            None,
+            "log with older last term refused"
+        );
+        let good = RequestVote {
+            term: 3,
+            last_log_index: 2,
+            last_log_term: 2,
+        };
+        n.step(2, Message::RequestVote(good.clone()));
+        assert_eq!(n.hard_state().voted_for, Some(2));
+        n.step(3, Message::RequestVote(good));
+        assert_eq!(
+            n.hard_state().voted_for,
+            Some(2),
+            "second vote in a term refused"
+        );
+        let rd = n.ready();
+        assert!(
+            rd.hard_state.is_some(),
+            "the vote is persisted before the reply is sent"
+        );
+        let granted: Vec<bool> = rd
+            .persisted_messages
+            .iter()
+            .map(|e| match &e.message {
+                Message::RequestVoteResponse(r) => r.vote_granted,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(granted, vec![false, true, false]);
+    }
+
+    // §5.3: the consistency check rejects with a hint that skips a whole conflicting term.
+    #[test]
+    fn append_rejected_with_conflict_hint() {
+        let mut n = node_with_log(2, 3, 3, &[1, 1, 2, 2, 2]);
+        let append = AppendEntries {
+            term: 3,
+            prev_log_index: 5,
+            prev_log_term: 3,
+            entries: vec![],
+            leader_commit: 0,
+            read_round: 0,
+        };
+        n.step(1, Message::AppendEntries(append));
+        let rd = n.ready();
+        let Message::AppendEntriesResponse(r) = &rd.persisted_messages[0].message else {
+            panic!("expected a response");
+        };
+        assert!(!r.success);
+        assert_eq!((r.conflict_index, r.conflict_term), (3, Some(2)));
+    }
+
+    // §5.3: a delayed or duplicated append of a matching prefix must not cut newer entries.
+    #[test]
+    fn stale_append_does_not_truncate_log() {
+        let mut n = node_with_log(2, 3, 1, &[1, 1, 1, 1]);
+        let old = AppendEntries {
+            term: 1,
+            prev_log_index: 1,
+            prev_log_term: 1,
+            entries: vec![entry(2, 1)],
+            leader_commit: 0,
+            read_round: 0,
+        };
+        n.step(1, Message::AppendEntries(old));
+        assert_eq!(n.log().last_index(), 4);
+        let conflicting = AppendEntries {
+            term: 2,
+            prev_log_index: 2,
+            prev_log_term: 1,
+            entries: vec![entry(3, 2)],
+            leader_commit: 0,
+            read_round: 0,
+        };
+        n.step(1, Message::AppendEntries(conflicting));
+        assert_eq!(n.log().last_index(), 3, "a real conflict truncates");
+        assert_eq!(n.log().last_term(), 2);
+    }
+
+    // §5.3: a follower never commits past the last entry the leader vouched for.
+    #[test]
+    fn follower_commit_bounded_by_last_new_entry() {
+        let mut n = node_with_log(2, 3, 1, &[1, 1, 1]);
+        let append = AppendEntries {
+            term: 2,
+            prev_log_index: 1,
+            prev_log_term: 1,
+            entries: vec![],
+            leader_commit: 3,
+            read_round: 0,
+        };
+        n.step(1, Message::AppendEntries(append));
+        assert_eq!(n.commit_index(), 1);
+    }
+
+    // §5.4.2 and Figure 8: a leader does not commit an entry of an earlier term by counting
+    // replicas; it commits it only together with an entry of its own term.
+    #[test]
+    fn leader_counts_only_current_term_entries() {
+        // Node 1 holds an old-term entry at index 2 that node 2 also has; node 3 does not.
+        let mut nodes = vec![
+            node_with_log(1, 3, 3, &[1, 2]),
+            node_with_log(2, 3, 3, &[1, 2]),
+            node_with_log(3, 3, 3, &[1]),
+        ];
+        nodes[0].campaign();
+        settle(&mut nodes, &all);
+        assert_eq!(
+            nodes[0].commit_index(),
+            3,
+            "the no-op of term 4 commits index 2 with it"
+        );
+        // Now force a state where a quorum matches index 2 (old term) but not the no-op.
+        let leader = &mut nodes[0];
+        leader.commit_index = 1;
+        leader.progress.get_mut(&2).unwrap().match_index = 2;
+        leader.persisted_index = 2;
+        leader.maybe_commit();
+        assert_eq!(
+            leader.commit_index(),
+            1,
+            "old-term entry not committed by counting"
+        );
+    }
+
+    // The leader's own entry counts toward commit only once durable.
+    #[test]
+    fn leader_commit_waits_for_own_fsync_or_quorum() {
+        let mut nodes: Vec<RaftNode> = (1..=3).map(|id| node(id, 3)).collect();
+        elect(&mut nodes, 1);
+        let index = nodes[0].propose(b"v".to_vec()).unwrap();
+        let rd = nodes[0].ready();
+        assert_eq!(rd.entries.len(), 1);
+        assert_eq!(
+            rd.messages.len(),
+            2,
+            "appends leave before the leader's own fsync"
+        );
+        // One follower acknowledges; without the leader's fsync that is 1 of 3.
+        let Message::AppendEntries(append) = rd.messages[0].message.clone() else {
+            panic!("expected append");
+        };
+        let to = rd.messages[0].to;
+        nodes[(to - 1) as usize].step(1, Message::AppendEntries(append));
+        let replies = drain(&mut nodes[(to - 1) as usize]);
+        for (from, env) in replies {
+            nodes[0].step(from, env.message);
+        }
+        assert_eq!(
+            nodes[0].commit_index(),
+            1,
+            "one follower alone is not a quorum of three"
+        );
+        nodes[0].on_persisted(index, 1);
+        assert_eq!(
+            nodes[0].commit_index(),
+            index,
+            "leader's durable copy completes the quorum"
+        );
+    }
+
+    // Dissertation §6.4: a read is released only after a quorum answers its heartbeat round.
+    #[test]
+    fn read_index_needs_a_quorum_round() {
+        let mut nodes: Vec<RaftNode> = (1..=3).map(|id| node(id, 3)).collect();
+        elect(&mut nodes, 1);
+        nodes[0].read_index(7).unwrap();
+        let rd = nodes[0].ready();
+        assert!(rd.read_states.is_empty());
+        assert_eq!(rd.messages.len(), 2, "one heartbeat per follower");
+        let Message::AppendEntries(hb) = rd.messages[0].message.clone() else {
+            panic!("expected heartbeat");
+        };
+        let to = rd.messages[0].to;
+        nodes[(to - 1) as usize].step(1, Message::AppendEntries(hb));
+        for (from, env) in drain(&mut nodes[(to - 1) as usize]) {
+            nodes[0].step(from, env.message);
+        }
+        let rd = nodes[0].ready();
+        assert_eq!(rd.read_states, vec![ReadState { ctx: 7, index: 1 }]);
+    }
+
+    // §6.4: a new leader answers reads only once an entry of its term has committed.
+    #[test]
+    fn new_leader_defers_reads_until_noop_commits() {
+        let mut fresh: Vec<RaftNode> = (1..=3).map(|id| node(id, 3)).collect();
+        fresh[0].campaign();
+        // Deliver the vote requests and answers, but hold the leader's appends.
+        let out = drain(&mut fresh[0]);
+        for (from, env) in out {
+            let to = env.to;
+            fresh[(to - 1) as usize].step(from, env.message);
+            for (f, e) in drain(&mut fresh[(to - 1) as usize]) {
+                fresh[0].step(f, e.message);
+            }
+        }
+        assert_eq!(fresh[0].role(), Role::Leader);
+        fresh[0].read_index(1).unwrap();
+        assert!(
+            fresh[0].pending_reads.is_empty(),
+            "read waits for the no-op to commit"
+        );
+        assert_eq!(fresh[0].reads_awaiting_commit, vec![1]);
+    }
+
+    #[test]
+    fn not_leader_names_the_leader() {
+        let mut nodes: Vec<RaftNode> = (1..=3).map(|id| node(id, 3)).collect();
+        elect(&mut nodes, 2);
+        assert_eq!(
+            nodes[0].propose(vec![1]),
+            Err(NotLeader { leader: Some(2) })
+        );
+        assert_eq!(nodes[0].read_index(1), Err(NotLeader { leader: Some(2) }));
     }
 }
