@@ -27,7 +27,7 @@ use crate::core::{Config, Envelope, Index, RaftLog, RaftNode, Ready, Role};
 use crate::kv::{self, Command, KvStore, Op, Reply};
 use crate::net::rules::{Chain, RuleSet, Target};
 use crate::net::wire::{self, Body, ClientOutcome, ClientRequest, ClientResponse, MAX_DATAGRAM};
-use crate::storage::Storage;
+use crate::storage::{SnapshotMeta, Storage, DEFAULT_SEGMENT_BYTES};
 use control::ControlServer;
 use timer::{TimerId, TimerWheel};
 
@@ -200,15 +200,25 @@ impl Node {
             .addr(opts.id)
             .ok_or_else(|| RunError(format!("node {} is not in the cluster list", opts.id)))?;
 
-        let (storage, recovered) = Storage::open(&opts.data_dir, opts.id, cluster_id)
-            .map_err(|e| RunError(e.to_string()))?;
+        let (storage, recovered) =
+            Storage::open(&opts.data_dir, opts.id, cluster_id, DEFAULT_SEGMENT_BYTES)
+                .map_err(|e| RunError(e.to_string()))?;
+        let (kv, snapshot) = match &recovered.snapshot {
+            Some(snap) => {
+                let kv = KvStore::restore(&snap.data).map_err(|e| {
+                    RunError(format!("snapshot in {}: {e}", opts.data_dir.display()))
+                })?;
+                (kv, snap.meta)
+            }
+            None => (KvStore::new(), SnapshotMeta::default()),
+        };
         let mut config = Config::new(opts.id, opts.cluster.ids());
         config.election_timeout_min_ticks = opts.election_timeout_ms.0;
         config.election_timeout_max_ticks = opts.election_timeout_ms.1;
         config.heartbeat_ticks = opts.heartbeat_ms;
         config.validate().map_err(RunError)?;
         let seed = opts.seed.unwrap_or_else(rand::random);
-        let log = RaftLog::new(0, 0, recovered.entries);
+        let log = RaftLog::new(snapshot.index, snapshot.term, recovered.entries);
         let raft = RaftNode::new(config, recovered.hard_state, log, seed);
 
         let poll = Poll::new().map_err(ctx(|| "creating poll".to_string()))?;
@@ -234,7 +244,7 @@ impl Node {
             cluster: opts.cluster,
             cluster_id,
             raft,
-            kv: KvStore::new(),
+            kv,
             storage,
             poll,
             socket,

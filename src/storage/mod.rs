@@ -1,31 +1,51 @@
-//! A node's data directory: its identity file, a lock, and the write-ahead log that holds the
-//! Raft hard state and log entries.
-//!
-//! Layout of `DATA_DIR`:
+//! A node's data directory: its identity, a lock, the segmented write-ahead log that holds the
+//! Raft hard state and log entries, and the latest state-machine snapshot.
 //!
 //! ```text
-//! meta          "raftnode-data 1\nnode_id=N\ncluster_id=HEX\n" — written once, checked on start
-//! LOCK          flock()ed while a node runs, so two processes never share a directory
-//! wal           append-only records (below)
-//! control.sock  the control socket (see `control`)
+//! DATA_DIR/meta              "raftnode-data 1\nnode_id=N\ncluster_id=HEX\n", checked on start
+//! DATA_DIR/LOCK              flock()ed while a node runs: one process per directory
+//! DATA_DIR/wal/SEQ.seg       WAL segments, SEQ = 16 hex digits, replayed in order
+//! DATA_DIR/snapshot          latest snapshot (see `snapshot.rs`)
+//! DATA_DIR/control.sock      the control socket (see `control`)
 //! ```
 //!
-//! A WAL record is `len: u32 LE | crc32c(body): u32 LE | body`, the body a bincode
-//! [`Record`]. Replaying the file in order rebuilds the state: a hard-state record replaces
-//! the previous one, an entry record at index `i` drops every entry from `i` on and appends
-//! itself. All records written in one turn of the event loop share one `fdatasync`.
+//! A segment starts with the 8-byte magic `RFTNWAL1`, then records:
+//!
+//! ```text
+//! magic "RN" (2) | len: u32 LE (4) | crc32c(len bytes ++ body): u32 LE (4) | body (len)
+//! ```
+//!
+//! The body is a bincode [`Record`]. Replaying every segment in order rebuilds the state: a
+//! hard-state record replaces the previous one, an entry at index `i` drops every entry from `i`
+//! on and appends itself, a reset drops the whole log in favour of a snapshot received from the
+//! leader. Every segment opens with the hard state current at its creation, so deleting older
+//! segments never loses the term or vote. All records of one turn of the event loop share one
+//! `fdatasync` (group commit); the directory is fsynced whenever a file is created, renamed or
+//! removed.
+
+mod recovery;
+pub mod snapshot;
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{self, Write};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::{Entry, HardState, NodeId};
+use crate::core::{Entry, HardState, Index, NodeId, Term};
+pub use snapshot::{SnapshotFile, SnapshotMeta};
 
+/// First bytes of every segment file.
+const SEGMENT_MAGIC: &[u8; 8] = b"RFTNWAL1";
+/// First bytes of every record.
+const RECORD_MAGIC: &[u8; 2] = b"RN";
+/// Bytes before a record's body.
+const RECORD_HEADER: usize = 10;
 /// Largest record accepted on replay; anything longer is damage, not data.
 const MAX_RECORD: u32 = 1 << 24;
+/// Default size at which the current segment is closed and a new one started.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
 
 /// One WAL record.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,6 +54,22 @@ pub enum Record {
     HardState(HardState),
     /// A log entry; replaces any entry at or after its index.
     Entry(Entry),
+    /// The log was replaced by a snapshot ending at (`index`, `term`): drop every entry.
+    Reset {
+        /// Last index the snapshot covers.
+        index: Index,
+        /// Term of that entry.
+        term: Term,
+    },
+}
+
+/// Borrowing twin of [`Record`] for writing, so an entry is encoded without being cloned. The
+/// variant order must match `Record`'s.
+#[derive(Serialize)]
+enum RecordRef<'a> {
+    HardState(&'a HardState),
+    Entry(&'a Entry),
+    Reset { index: Index, term: Term },
 }
 
 /// Failures opening a data directory, worded for the operator.
@@ -43,7 +79,7 @@ pub enum StorageError {
     Identity(String),
     /// Another process holds the directory.
     Locked(PathBuf),
-    /// The WAL is damaged before its end.
+    /// The WAL or snapshot is damaged where a crash cannot explain it.
     Corrupt(String),
     /// An IO error, with what was being done.
     Io(String, io::Error),
@@ -75,66 +111,87 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> StorageError {
 pub struct Recovered {
     /// Last persisted term and vote.
     pub hard_state: HardState,
-    /// The log, from index 1.
+    /// The latest snapshot, if one was taken or received.
+    pub snapshot: Option<SnapshotFile>,
+    /// The log after the snapshot (or from index 1 without one), contiguous.
     pub entries: Vec<Entry>,
+}
+
+/// One segment file.
+#[derive(Debug, Clone)]
+struct Segment {
+    seq: u64,
+    path: PathBuf,
+    /// Highest entry index written to it (0 if none); once the snapshot covers it, and every
+    /// older segment is gone, the segment can go too.
+    max_index: Index,
 }
 
 /// An open data directory.
 pub struct Storage {
     dir: PathBuf,
-    wal: File,
+    wal_dir: PathBuf,
+    /// Older segments, oldest first, then the current one last.
+    segments: Vec<Segment>,
+    /// The segment being appended to.
+    current: File,
+    current_len: u64,
+    segment_bytes: u64,
     /// Holds the flock for as long as the storage lives.
     _lock: File,
     /// Records encoded but not yet written.
     buf: Vec<u8>,
-    /// Index of the last entry written; entries at or below it arriving again mean truncation.
-    last_index: u64,
+    /// Hard state as last queued; opens every new segment.
+    hard_state: HardState,
     /// True when written records still await fdatasync.
     unsynced: bool,
 }
 
 impl Storage {
     /// Opens (creating if needed) the data directory of node `node_id` in cluster
-    /// `cluster_id`, locks it and replays the WAL.
+    /// `cluster_id`, locks it, cleans up interrupted writes and replays the snapshot and WAL.
+    /// Segments grow to about `segment_bytes` before a new one starts.
     ///
     /// # Errors
     /// If the directory belongs to another node or cluster, is locked by another process, or
-    /// cannot be read; or if the WAL is damaged before its last record.
+    /// cannot be read; or if the WAL or snapshot is damaged in a way a crash cannot explain.
     pub fn open(
         dir: &Path,
         node_id: NodeId,
         cluster_id: u64,
+        segment_bytes: u64,
     ) -> Result<(Storage, Recovered), StorageError> {
         fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
         let lock = lock_dir(dir)?;
         check_identity(dir, node_id, cluster_id)?;
+        let wal_dir = dir.join("wal");
+        fs::create_dir_all(&wal_dir).map_err(io_err(format!("creating {}", wal_dir.display())))?;
+        recovery::remove_leftovers(dir, &wal_dir)?;
 
-        let path = dir.join("wal");
-        let mut wal = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&path)
-            .map_err(io_err(format!("opening {}", path.display())))?;
-        let (recovered, valid_len) = replay(&mut wal, &path)?;
-        let file_len = wal.metadata().map_err(io_err("reading wal size"))?.len();
-        if valid_len < file_len {
-            log::warn!(
-                "{}: dropping a torn record at offset {valid_len} ({} bytes) left by a crash",
-                path.display(),
-                file_len - valid_len
-            );
-            wal.set_len(valid_len)
-                .map_err(io_err("truncating torn wal tail"))?;
-            wal.sync_all().map_err(io_err("syncing wal"))?;
-        }
-        let last_index = recovered.entries.last().map_or(0, |e| e.index);
+        let snapshot = snapshot::load(dir)?;
+        let replayed = recovery::replay(&wal_dir)?;
+        let recovered = recovery::reconcile(replayed.log, replayed.hard_state, snapshot)?;
+
+        let mut segments = replayed.segments;
+        let (current, current_len) = match replayed.current {
+            Some(current) => (current, replayed.current_len),
+            None => {
+                let (segment, file, len) =
+                    create_segment(&wal_dir, 1, &recovered.hard_state, None)?;
+                segments.push(segment);
+                (file, len)
+            }
+        };
         let storage = Storage {
             dir: dir.to_path_buf(),
-            wal,
+            wal_dir,
+            segments,
+            current,
+            current_len,
+            segment_bytes: segment_bytes.max(4096),
             _lock: lock,
             buf: Vec::with_capacity(64 * 1024),
-            last_index,
+            hard_state: recovered.hard_state,
             unsynced: false,
         };
         Ok((storage, recovered))
@@ -145,64 +202,175 @@ impl Storage {
         &self.dir
     }
 
+    /// Number of WAL segment files.
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
     /// Queues a new hard state.
     pub fn save_hard_state(&mut self, hard_state: HardState) {
-        self.push(&Record::HardState(hard_state));
+        self.hard_state = hard_state;
+        push(&mut self.buf, &RecordRef::HardState(&hard_state));
     }
 
     /// Queues entries; the first may replace stored entries from its index on.
     pub fn append(&mut self, entries: &[Entry]) {
         for entry in entries {
-            // Records hold owned entries; encoding borrows, so no copy of the payload is made.
-            self.push_entry(entry);
-            self.last_index = entry.index;
+            push(&mut self.buf, &RecordRef::Entry(entry));
+        }
+        if let (Some(last), Some(segment)) = (entries.last(), self.segments.last_mut()) {
+            segment.max_index = segment.max_index.max(last.index);
         }
     }
 
-    fn push_entry(&mut self, entry: &Entry) {
-        #[derive(Serialize)]
-        enum RecordRef<'a> {
-            #[allow(dead_code)]
-            HardState(HardState),
-            Entry(&'a Entry),
-        }
-        self.push(&RecordRef::Entry(entry));
-    }
-
-    fn push<T: Serialize>(&mut self, record: &T) {
-        let start = self.buf.len();
-        self.buf.extend_from_slice(&[0; 8]);
-        bincode::serde::encode_into_std_write(record, &mut self.buf, bincode::config::standard())
-            .expect("records encode into memory");
-        let body = &self.buf[start + 8..];
-        let len = body.len() as u32;
-        let crc = crc32c::crc32c(body);
-        self.buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
-        self.buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-    }
-
-    /// Writes the queued records and makes them durable with one `fdatasync`.
+    /// Writes the queued records and makes them durable with one `fdatasync`; starts a new
+    /// segment once the current one is full.
     ///
     /// # Errors
     /// The write or sync failure. The caller must not acknowledge anything queued since the
     /// last successful sync.
     pub fn sync(&mut self) -> io::Result<()> {
         if !self.buf.is_empty() {
-            self.wal.write_all(&self.buf)?;
+            self.current.write_all(&self.buf)?;
+            self.current_len += self.buf.len() as u64;
             self.buf.clear();
             self.unsynced = true;
         }
         if self.unsynced {
-            self.wal.sync_data()?;
+            self.current.sync_data()?;
             self.unsynced = false;
+        }
+        if self.current_len >= self.segment_bytes {
+            self.start_segment(None).map_err(into_io)?;
         }
         Ok(())
     }
 
-    /// Index of the last entry handed to `append`.
-    pub fn last_index(&self) -> u64 {
-        self.last_index
+    /// Writes `data` as the snapshot at `meta` (temporary name, fsync, rename, fsync of the
+    /// directory), then deletes the segments it covers entirely.
+    ///
+    /// # Errors
+    /// Any write, sync, rename or removal failure; the previous snapshot then stays in place.
+    pub fn save_snapshot(&mut self, meta: SnapshotMeta, data: &[u8]) -> io::Result<()> {
+        snapshot::save(&self.dir, meta, data)?;
+        self.compact(meta.index)
     }
+
+    /// Replaces the whole log by a snapshot received from the leader: saves it, starts a new
+    /// segment that records the reset, and deletes every older segment.
+    ///
+    /// # Errors
+    /// Any write, sync, rename or removal failure.
+    pub fn install_snapshot(&mut self, meta: SnapshotMeta, data: &[u8]) -> io::Result<()> {
+        self.sync()?;
+        snapshot::save(&self.dir, meta, data)?;
+        self.start_segment(Some(meta)).map_err(into_io)?;
+        let keep = self.segments.len() - 1;
+        self.remove_oldest(keep)
+    }
+
+    /// Deletes the oldest segments while every entry they hold is at or below `index`.
+    fn compact(&mut self, index: Index) -> io::Result<()> {
+        let current = self.segments.len() - 1;
+        let removable = self.segments[..current]
+            .iter()
+            .take_while(|s| s.max_index <= index)
+            .count();
+        self.remove_oldest(removable)
+    }
+
+    fn remove_oldest(&mut self, count: usize) -> io::Result<()> {
+        if count == 0 {
+            return Ok(());
+        }
+        for segment in self.segments.drain(..count) {
+            fs::remove_file(&segment.path)?;
+        }
+        sync_dir(&self.wal_dir)
+    }
+
+    /// Closes the current segment and starts the next.
+    fn start_segment(&mut self, reset: Option<SnapshotMeta>) -> Result<(), StorageError> {
+        let seq = self.segments.last().map_or(1, |s| s.seq + 1);
+        let (segment, file, len) = create_segment(&self.wal_dir, seq, &self.hard_state, reset)?;
+        self.segments.push(segment);
+        self.current = file;
+        self.current_len = len;
+        Ok(())
+    }
+}
+
+/// Creates segment `seq`, opening with the hard state (and a reset record when a snapshot
+/// replaced the log). It is written under a temporary name and renamed once durable, so an
+/// interrupted rotation leaves no half segment behind.
+fn create_segment(
+    wal_dir: &Path,
+    seq: u64,
+    hard_state: &HardState,
+    reset: Option<SnapshotMeta>,
+) -> Result<(Segment, File, u64), StorageError> {
+    let path = segment_path(wal_dir, seq);
+    let tmp = path.with_extension("seg.tmp");
+    let mut head = SEGMENT_MAGIC.to_vec();
+    push(&mut head, &RecordRef::HardState(hard_state));
+    if let Some(meta) = reset {
+        let reset = RecordRef::Reset {
+            index: meta.index,
+            term: meta.term,
+        };
+        push(&mut head, &reset);
+    }
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&tmp)
+        .map_err(io_err(format!("creating {}", tmp.display())))?;
+    file.write_all(&head)
+        .and_then(|()| file.sync_all())
+        .map_err(io_err(format!("writing {}", tmp.display())))?;
+    fs::rename(&tmp, &path).map_err(io_err(format!("renaming {}", tmp.display())))?;
+    sync_dir(wal_dir).map_err(io_err("syncing wal directory"))?;
+    let file = OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .map_err(io_err(format!("opening {}", path.display())))?;
+    let segment = Segment {
+        seq,
+        path,
+        max_index: reset.map_or(0, |m| m.index),
+    };
+    Ok((segment, file, head.len() as u64))
+}
+
+/// Path of segment `seq`.
+fn segment_path(wal_dir: &Path, seq: u64) -> PathBuf {
+    wal_dir.join(format!("{seq:016x}.seg"))
+}
+
+fn into_io(e: StorageError) -> io::Error {
+    match e {
+        StorageError::Io(_, e) => e,
+        other => io::Error::other(other.to_string()),
+    }
+}
+
+/// Appends one framed record to `buf`.
+fn push<T: Serialize>(buf: &mut Vec<u8>, record: &T) {
+    let start = buf.len();
+    buf.extend_from_slice(&[0; RECORD_HEADER]);
+    bincode::serde::encode_into_std_write(record, buf, bincode::config::standard())
+        .expect("records encode into memory");
+    let len = (buf.len() - start - RECORD_HEADER) as u32;
+    let crc = record_crc(len, &buf[start + RECORD_HEADER..]);
+    buf[start..start + 2].copy_from_slice(RECORD_MAGIC);
+    buf[start + 2..start + 6].copy_from_slice(&len.to_le_bytes());
+    buf[start + 6..start + 10].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// The checksum covers the length too, so a damaged length is caught like damaged data.
+fn record_crc(len: u32, body: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(&len.to_le_bytes()), body)
 }
 
 fn lock_dir(dir: &Path) -> Result<File, StorageError> {
@@ -233,16 +401,21 @@ fn check_identity(dir: &Path, node_id: NodeId, cluster_id: u64) -> Result<(), St
             have.lines().skip(1).collect::<Vec<_>>().join(", ")
         ))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let tmp = dir.join("meta.tmp");
-            fs::write(&tmp, want).map_err(io_err("writing meta"))?;
-            File::open(&tmp)
-                .and_then(|f| f.sync_all())
-                .map_err(io_err("syncing meta"))?;
-            fs::rename(&tmp, &path).map_err(io_err("renaming meta"))?;
-            sync_dir(dir).map_err(io_err("syncing data directory"))
+            write_durably(dir, "meta", want.as_bytes()).map_err(io_err("writing meta"))
         }
         Err(e) => Err(StorageError::Io(format!("reading {}", path.display()), e)),
     }
+}
+
+/// Writes `dir/name` atomically: a temporary file, fsync, rename, fsync of the directory.
+fn write_durably(dir: &Path, name: &str, data: &[u8]) -> io::Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut file = File::create(&tmp)?;
+    file.write_all(data)?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(&tmp, dir.join(name))?;
+    sync_dir(dir)
 }
 
 /// Makes a directory's entries (created, renamed, removed files) durable.
@@ -250,158 +423,5 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Replays the WAL. Returns what it holds and the length of the valid prefix.
-fn replay(wal: &mut File, path: &Path) -> Result<(Recovered, u64), StorageError> {
-    wal.seek(SeekFrom::Start(0))
-        .map_err(io_err("seeking wal"))?;
-    let file_len = wal.metadata().map_err(io_err("reading wal size"))?.len();
-    let mut reader = BufReader::new(&mut *wal);
-    let mut recovered = Recovered::default();
-    let mut offset = 0u64;
-    let mut body = Vec::new();
-    loop {
-        let mut header = [0u8; 8];
-        match reader.read_exact(&mut header) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
-            Err(e) => return Err(StorageError::Io(format!("reading {}", path.display()), e)),
-        }
-        let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
-        let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
-        let end = offset + 8 + u64::from(len);
-        if len > MAX_RECORD || end > file_len {
-            break;
-        }
-        body.resize(len as usize, 0);
-        reader
-            .read_exact(&mut body)
-            .map_err(io_err(format!("reading {}", path.display())))?;
-        let record = if crc32c::crc32c(&body) == crc {
-            bincode::serde::decode_from_slice::<Record, _>(&body, bincode::config::standard())
-                .ok()
-                .map(|(r, _)| r)
-        } else {
-            None
-        };
-        let Some(record) = record else {
-            if end < file_len {
-                return Err(StorageError::Corrupt(format!(
-                    "{}: damaged record at offset {offset} with {} more bytes after it; \
-                     refusing to start rather than lose acknowledged entries. Restore the \
-                     directory from a backup, or remove it to rejoin as an empty node",
-                    path.display(),
-                    file_len - end
-                )));
-            }
-            break;
-        };
-        apply_record(&mut recovered, record);
-        offset = end;
-    }
-    Ok((recovered, offset))
-}
-
-fn apply_record(recovered: &mut Recovered, record: Record) {
-    match record {
-        Record::HardState(hs) => recovered.hard_state = hs,
-        Record::Entry(entry) => {
-            let keep = entry.index.saturating_sub(1) as usize;
-            recovered.entries.truncate(keep);
-            if recovered.entries.len() == keep {
-                recovered.entries.push(entry);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::core::Payload;
-
-    fn temp_dir(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("raftnode-storage-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        dir
-    }
-
-    fn entry(index: u64, term: u64) -> Entry {
-        Entry {
-            term,
-            index,
-            payload: Payload::Command(vec![index as u8; 10]),
-        }
-    }
-
-    #[test]
-    fn recovers_hard_state_and_truncated_log() {
-        let dir = temp_dir("recover");
-        {
-            let (mut s, rec) = Storage::open(&dir, 1, 9).unwrap();
-            assert!(rec.entries.is_empty());
-            s.save_hard_state(HardState {
-                current_term: 3,
-                voted_for: Some(2),
-            });
-            s.append(&[entry(1, 1), entry(2, 1), entry(3, 2)]);
-            s.append(&[entry(2, 3)]);
-            s.sync().unwrap();
-        }
-        let (_, rec) = Storage::open(&dir, 1, 9).unwrap();
-        assert_eq!(rec.hard_state.current_term, 3);
-        assert_eq!(rec.hard_state.voted_for, Some(2));
-        assert_eq!(rec.entries, vec![entry(1, 1), entry(2, 3)]);
-        fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn refuses_other_identity_and_second_opener() {
-        let dir = temp_dir("identity");
-        let (s, _) = Storage::open(&dir, 1, 9).unwrap();
-        assert!(matches!(
-            Storage::open(&dir, 1, 9),
-            Err(StorageError::Locked(_))
-        ));
-        drop(s);
-        assert!(matches!(
-            Storage::open(&dir, 2, 9),
-            Err(StorageError::Identity(_))
-        ));
-        assert!(matches!(
-            Storage::open(&dir, 1, 8),
-            Err(StorageError::Identity(_))
-        ));
-        fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn torn_tail_is_dropped_but_inner_damage_refuses() {
-        let dir = temp_dir("torn");
-        {
-            let (mut s, _) = Storage::open(&dir, 1, 9).unwrap();
-            s.append(&[entry(1, 1), entry(2, 1), entry(3, 1)]);
-            s.sync().unwrap();
-        }
-        let wal = dir.join("wal");
-        let len = fs::metadata(&wal).unwrap().len();
-        OpenOptions::new()
-            .write(true)
-            .open(&wal)
-            .unwrap()
-            .set_len(len - 3)
-            .unwrap();
-        {
-            let (_, rec) = Storage::open(&dir, 1, 9).unwrap();
-            assert_eq!(rec.entries.len(), 2);
-        }
-        let mut bytes = fs::read(&wal).unwrap();
-        bytes[10] ^= 0xff;
-        fs::write(&wal, &bytes).unwrap();
-        assert!(matches!(
-            Storage::open(&dir, 1, 9),
-            Err(StorageError::Corrupt(_))
-        ));
-        fs::remove_dir_all(&dir).unwrap();
-    }
-}
+mod tests;
