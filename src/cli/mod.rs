@@ -123,6 +123,14 @@ pub struct RunArgs {
     /// Seed for election timeouts and probabilistic drop rules [default: random].
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Take a snapshot of the key-value store every N applied entries and delete the log
+    /// behind it (0: never).
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    pub snapshot_every: u64,
+    /// Start a new write-ahead-log segment once the current one reaches this many bytes.
+    #[arg(long, default_value_t = crate::storage::DEFAULT_SEGMENT_BYTES, value_name = "BYTES",
+          value_parser = clap::value_parser!(u64).range(4096..))]
+    pub segment_bytes: u64,
     /// Log level on stderr: error, warn, info, debug or trace.
     #[arg(
         long,
@@ -257,6 +265,8 @@ fn node_options(args: &RunArgs) -> Result<NodeOptions, String> {
         election_timeout_ms: (min, max),
         heartbeat_ms: heartbeat,
         seed: args.seed,
+        snapshot_every: args.snapshot_every,
+        segment_bytes: args.segment_bytes,
     })
 }
 

@@ -47,6 +47,8 @@ pub enum ControlCommand {
     Rules,
     /// `campaign`: fire this node's election timeout now.
     Campaign,
+    /// `snapshot`: take a snapshot now and compact the log behind it.
+    Snapshot,
     /// `help`: list the commands.
     Help,
 }
@@ -60,6 +62,7 @@ isolate                         drop datagrams from and to every peer
 heal                            remove every rule
 rules                           list the rules (same as -S)
 campaign                        start an election now
+snapshot                        take a snapshot now and compact the log
 -A|-I|-D INPUT|OUTPUT [-s ID|-d ID] [-m statistic --mode random --probability P] -j DROP|ACCEPT
 -F [CHAIN]   -L [CHAIN]   -S [CHAIN]
 help                            this text";
@@ -89,6 +92,7 @@ pub fn parse_command(line: &str) -> Result<ControlCommand, String> {
         "heal" => no_args(ControlCommand::Heal),
         "rules" => no_args(ControlCommand::Rules),
         "campaign" => no_args(ControlCommand::Campaign),
+        "snapshot" => no_args(ControlCommand::Snapshot),
         "help" => no_args(ControlCommand::Help),
         v if v.starts_with('-') || v == "iptables" => parse_rule_command(&words)
             .map(ControlCommand::Rule)

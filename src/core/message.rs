@@ -115,6 +115,40 @@ pub struct AppendEntriesResponse {
     pub read_round: u64,
 }
 
+/// One chunk of a snapshot, sent by the leader to a follower whose next entry it no longer
+/// holds (Figure 13). Chunks of one snapshot share every field but `offset` and `data`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallSnapshot {
+    /// Leader's term.
+    pub term: Term,
+    /// Last index the snapshot replaces.
+    pub last_included_index: Index,
+    /// Term of that entry.
+    pub last_included_term: Term,
+    /// Length of the whole snapshot in bytes.
+    pub total_len: u64,
+    /// crc32c of the whole snapshot, checked before it is installed.
+    pub checksum: u32,
+    /// Where this chunk starts.
+    pub offset: u64,
+    /// The chunk.
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+}
+
+/// A follower's answer to a snapshot chunk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallSnapshotResponse {
+    /// The follower's current term.
+    pub term: Term,
+    /// Which snapshot this answers.
+    pub last_included_index: Index,
+    /// Bytes received in order so far: where the leader should continue.
+    pub next_offset: u64,
+    /// True once the follower's log holds everything up to `last_included_index`.
+    pub installed: bool,
+}
+
 /// Every message Raft peers exchange.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
@@ -126,6 +160,10 @@ pub enum Message {
     AppendEntries(AppendEntries),
     /// A follower's answer.
     AppendEntriesResponse(AppendEntriesResponse),
+    /// A chunk of the leader's snapshot.
+    InstallSnapshot(InstallSnapshot),
+    /// A follower's answer to a chunk.
+    InstallSnapshotResponse(InstallSnapshotResponse),
 }
 
 impl Message {
@@ -136,6 +174,8 @@ impl Message {
             Message::RequestVoteResponse(m) => m.term,
             Message::AppendEntries(m) => m.term,
             Message::AppendEntriesResponse(m) => m.term,
+            Message::InstallSnapshot(m) => m.term,
+            Message::InstallSnapshotResponse(m) => m.term,
         }
     }
 
@@ -146,6 +186,8 @@ impl Message {
             Message::RequestVoteResponse(_) => "RequestVoteResponse",
             Message::AppendEntries(_) => "AppendEntries",
             Message::AppendEntriesResponse(_) => "AppendEntriesResponse",
+            Message::InstallSnapshot(_) => "InstallSnapshot",
+            Message::InstallSnapshotResponse(_) => "InstallSnapshotResponse",
         }
     }
 }

@@ -12,4 +12,4 @@ pub mod progress;
 
 pub use self::log::RaftLog;
 pub use message::{Entry, Envelope, HardState, Index, Message, NodeId, Payload, Term};
-pub use node::{Config, NotLeader, RaftNode, ReadState, Ready, Role, Status};
+pub use node::{Config, NotLeader, RaftNode, ReadState, Ready, Role, Snapshot, Status};

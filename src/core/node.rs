@@ -10,6 +10,7 @@
 //! One tick is one millisecond of the runtime's clock; log lines say "ms" on that basis.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -21,6 +22,7 @@ use super::message::{
     Payload, RequestVote, RequestVoteResponse, Term,
 };
 use super::progress::{Progress, ProgressMode};
+use snapshot::IncomingSnapshot;
 
 /// Logs at info with the node id and term in front, as every line of the core does.
 macro_rules! node_info {
@@ -35,6 +37,8 @@ macro_rules! node_debug {
         log::debug!("node={} term={}: {}", $node.id, $node.current_term, format_args!($($arg)*))
     };
 }
+
+mod snapshot;
 
 /// Static settings of one node. Timeouts are in ticks.
 #[derive(Debug, Clone)]
@@ -55,6 +59,13 @@ pub struct Config {
     pub max_append_bytes: usize,
     /// Most unanswered AppendEntries per follower while replicating.
     pub max_inflight: usize,
+    /// Bytes of snapshot per InstallSnapshot chunk, so a chunk fits a datagram.
+    pub snapshot_chunk_bytes: usize,
+    /// Most snapshot chunks on the wire per follower before an answer.
+    pub snapshot_window: usize,
+    /// Entries kept in memory below a snapshot, so followers that are only a little behind
+    /// catch up from the log instead of receiving the whole snapshot.
+    pub compaction_tail: u64,
 }
 
 impl Config {
@@ -70,6 +81,9 @@ impl Config {
             max_append_entries: 512,
             max_append_bytes: 48 * 1024,
             max_inflight: 64,
+            snapshot_chunk_bytes: 32 * 1024,
+            snapshot_window: 8,
+            compaction_tail: 1000,
         }
     }
 
@@ -92,6 +106,9 @@ impl Config {
         }
         if self.heartbeat_ticks == 0 || self.heartbeat_ticks >= self.election_timeout_min_ticks {
             return Err("heartbeat must be shorter than the election timeout".to_string());
+        }
+        if self.snapshot_chunk_bytes == 0 || self.snapshot_window == 0 {
+            return Err("snapshot chunk and window must be positive".to_string());
         }
         if self.max_append_entries == 0 || self.max_inflight == 0 {
             return Err("append batch and in-flight window must be positive".to_string());
@@ -128,12 +145,26 @@ pub struct ReadState {
     pub index: Index,
 }
 
+/// A snapshot of the state machine as of `index`, which replaces the log up to there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Last index covered.
+    pub index: Index,
+    /// Term of the entry at `index`.
+    pub term: Term,
+    /// The state machine's encoding of itself; shared, never copied, while chunks go out.
+    pub data: Arc<Vec<u8>>,
+}
+
 /// Everything the caller must do after a turn, in this order: persist `hard_state` and
 /// `entries` (then call `on_persisted`), send `persisted_messages`, apply
 /// `committed_entries`, answer `read_states` as the state machine catches up. `messages` may be
 /// sent at once, before persisting.
 #[derive(Debug, Default)]
 pub struct Ready {
+    /// A snapshot received from the leader: persist it (it replaces the whole log) and load it
+    /// into the state machine before anything else in this batch.
+    pub snapshot: Option<Snapshot>,
     /// New term or vote to persist, if either changed.
     pub hard_state: Option<HardState>,
     /// Entries to persist. If the first index is at or below the last stored index, storage
@@ -153,7 +184,8 @@ pub struct Ready {
 impl Ready {
     /// True if the batch holds nothing to do.
     pub fn is_empty(&self) -> bool {
-        self.hard_state.is_none()
+        self.snapshot.is_none()
+            && self.hard_state.is_none()
             && self.entries.is_empty()
             && self.messages.is_empty()
             && self.persisted_messages.is_empty()
@@ -163,7 +195,7 @@ impl Ready {
 
     /// True if something must reach the disk before `persisted_messages` go out.
     pub fn must_persist(&self) -> bool {
-        self.hard_state.is_some() || !self.entries.is_empty()
+        self.snapshot.is_some() || self.hard_state.is_some() || !self.entries.is_empty()
     }
 }
 
@@ -176,8 +208,10 @@ pub struct PeerStatus {
     pub next_index: Index,
     /// Highest index known replicated there.
     pub match_index: Index,
-    /// "probe" or "replicate".
+    /// "probe", "replicate" or "snapshot".
     pub mode: &'static str,
+    /// While sending a snapshot: bytes confirmed and total.
+    pub snapshot_sent: Option<(u64, u64)>,
     /// Unanswered AppendEntries.
     pub inflight: usize,
 }
@@ -205,6 +239,12 @@ pub struct Status {
     pub last_log_term: Term,
     /// Highest index durable on this node's disk.
     pub persisted_index: Index,
+    /// Last index covered by the latest snapshot (0 without one).
+    pub snapshot_index: Index,
+    /// Term of that entry.
+    pub snapshot_term: Term,
+    /// While receiving a snapshot: its last index, bytes received, and total.
+    pub snapshot_receiving: Option<(Index, u64, u64)>,
     /// Per-follower progress (leader only; empty otherwise).
     pub peers: Vec<PeerStatus>,
 }
@@ -266,6 +306,13 @@ pub struct RaftNode {
     reads_awaiting_commit: Vec<u64>,
     /// Reads waiting for their heartbeat round to be acknowledged.
     pending_reads: Vec<PendingRead>,
+    /// The latest snapshot, taken here or received from a leader; what a leader sends to a
+    /// follower whose next entry was compacted away.
+    snapshot: Option<Snapshot>,
+    /// crc32c of `snapshot.data`, computed once per snapshot.
+    snapshot_checksum: u32,
+    /// Follower only: the snapshot being received, chunk by chunk.
+    incoming: Option<IncomingSnapshot>,
     /// The batch being built for the caller.
     ready: Ready,
     /// Source of election timeouts, seeded by the caller so runs can be replayed.
@@ -307,6 +354,9 @@ impl RaftNode {
             commit_broadcast_wanted: false,
             reads_awaiting_commit: Vec::new(),
             pending_reads: Vec::new(),
+            snapshot: None,
+            snapshot_checksum: 0,
+            incoming: None,
             ready: Ready::default(),
             rng: StdRng::seed_from_u64(seed),
         };
@@ -376,7 +426,9 @@ impl RaftNode {
                 mode: match pr.mode {
                     ProgressMode::Probe => "probe",
                     ProgressMode::Replicate => "replicate",
+                    ProgressMode::Snapshot => "snapshot",
                 },
+                snapshot_sent: pr.snapshot.map(|t| (t.acked_offset, t.total_len)),
                 inflight: pr.inflight(),
             })
             .collect();
@@ -391,6 +443,9 @@ impl RaftNode {
             last_log_index: self.log.last_index(),
             last_log_term: self.log.last_term(),
             persisted_index: self.persisted_index,
+            snapshot_index: self.snapshot.as_ref().map_or(0, |s| s.index),
+            snapshot_term: self.snapshot.as_ref().map_or(0, |s| s.term),
+            snapshot_receiving: self.incoming.as_ref().map(IncomingSnapshot::progress),
             peers,
         }
     }
@@ -472,7 +527,7 @@ impl RaftNode {
         let term = message.term();
         if term > self.current_term {
             let leader = match message {
-                Message::AppendEntries(_) => Some(from),
+                Message::AppendEntries(_) | Message::InstallSnapshot(_) => Some(from),
                 _ => None,
             };
             let reason = format!(
@@ -487,6 +542,8 @@ impl RaftNode {
             Message::RequestVoteResponse(m) => self.handle_vote_response(from, m),
             Message::AppendEntries(m) => self.handle_append_entries(from, m),
             Message::AppendEntriesResponse(m) => self.handle_append_response(from, m),
+            Message::InstallSnapshot(m) => self.handle_install_snapshot(from, m),
+            Message::InstallSnapshotResponse(m) => self.handle_snapshot_response(from, m),
         }
     }
 
@@ -764,24 +821,9 @@ impl RaftNode {
             self.send_persisted(from, Message::AppendEntriesResponse(response));
             return;
         }
-        if self.role == Role::Leader {
-            log::error!(
-                "node={} term={}: two leaders in one term: ignoring append from node {from}",
-                self.id,
-                self.current_term
-            );
+        if !self.accept_leader(from) {
             return;
         }
-        if self.role == Role::Candidate {
-            let term = self.current_term;
-            let reason = format!("node {from} won the election of this term");
-            self.become_follower(term, Some(from), &reason);
-        }
-        if self.leader_id != Some(from) {
-            self.leader_id = Some(from);
-            node_info!(self, "following leader {from}");
-        }
-        self.reset_election_timer();
 
         match self.append_from_leader(&m) {
             Ok(last_new) => {
@@ -797,6 +839,30 @@ impl RaftNode {
             }
         }
         self.send_persisted(from, Message::AppendEntriesResponse(response));
+    }
+
+    /// Recognises `from` as the leader of the current term (its message carried our term).
+    /// Returns false if that is impossible because this node leads the same term.
+    fn accept_leader(&mut self, from: NodeId) -> bool {
+        if self.role == Role::Leader {
+            log::error!(
+                "node={} term={}: two leaders in one term: ignoring node {from}",
+                self.id,
+                self.current_term
+            );
+            return false;
+        }
+        if self.role == Role::Candidate {
+            let term = self.current_term;
+            let reason = format!("node {from} won the election of this term");
+            self.become_follower(term, Some(from), &reason);
+        }
+        if self.leader_id != Some(from) {
+            self.leader_id = Some(from);
+            node_info!(self, "following leader {from}");
+        }
+        self.reset_election_timer();
+        true
     }
 
     /// Applies the consistency check and stores the new entries. Returns the index of the
@@ -982,6 +1048,11 @@ impl RaftNode {
         for to in peers {
             if let Some(pr) = self.progress.get_mut(&to) {
                 pr.probe_sent = false;
+                // Chunks not confirmed by now were probably lost: go back to the last
+                // confirmed byte (the follower only accepts chunks in order).
+                if let Some(transfer) = pr.snapshot.as_mut() {
+                    transfer.next_offset = transfer.acked_offset;
+                }
             }
             self.send_append(to);
         }
@@ -1002,10 +1073,12 @@ impl RaftNode {
         let max_inflight = self.config.max_inflight;
         let pr = self.progress.get(&to).expect("progress of peer");
         let prev_log_index = pr.next_index - 1;
-        let Some(prev_log_term) = self.log.term_at(prev_log_index) else {
-            // Known gap: log compaction (snapshots) is not implemented yet, so every entry a
-            // follower needs is still held.
-            panic!("entry {prev_log_index} for node {to} is no longer held");
+        let snapshot_mode = pr.mode == ProgressMode::Snapshot;
+        let Some(prev_log_term) = self.log.term_at(prev_log_index).filter(|_| !snapshot_mode)
+        else {
+            // The follower needs entries compacted away: it gets the snapshot instead.
+            self.send_snapshot(to);
+            return;
         };
         let entries = if pr.is_paused(max_inflight) && pr.mode == ProgressMode::Replicate {
             Vec::new()
@@ -1132,377 +1205,4 @@ impl RaftNode {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::core::message::{AppendEntries, RequestVote};
-
-    fn config(id: NodeId, n: u64) -> Config {
-        Config::new(id, (1..=n).collect())
-    }
-
-    fn node(id: NodeId, n: u64) -> RaftNode {
-        RaftNode::new(config(id, n), HardState::default(), RaftLog::default(), id)
-    }
-
-    fn entry(index: Index, term: Term) -> Entry {
-        Entry {
-            term,
-            index,
-            payload: Payload::Command(vec![index as u8]),
-        }
-    }
-
-    fn node_with_log(id: NodeId, n: u64, term: Term, terms: &[Term]) -> RaftNode {
-        let entries = terms
-            .iter()
-            .enumerate()
-            .map(|(i, &t)| entry(i as u64 + 1, t))
-            .collect();
-        let hs = HardState {
-            current_term: term,
-            voted_for: None,
-        };
-        RaftNode::new(config(id, n), hs, RaftLog::new(0, 0, entries), id)
-    }
-
-    /// Takes a ready batch, "persists" it at once, and returns every message with its sender.
-    fn drain(node: &mut RaftNode) -> Vec<(NodeId, Envelope)> {
-        let mut out = Vec::new();
-        while node.has_ready() {
-            let rd = node.ready();
-            if let Some(last) = rd.entries.last() {
-                node.on_persisted(last.index, last.term);
-            }
-            let from = node.id();
-            out.extend(rd.messages.into_iter().map(|m| (from, m)));
-            out.extend(rd.persisted_messages.into_iter().map(|m| (from, m)));
-        }
-        out
-    }
-
-    /// Delivers messages among `nodes` until none are left; `allow` filters links.
-    fn settle(nodes: &mut [RaftNode], allow: &dyn Fn(NodeId, NodeId) -> bool) {
-        let mut queue: Vec<(NodeId, Envelope)> = Vec::new();
-        for n in nodes.iter_mut() {
-            queue.extend(drain(n));
-        }
-        let mut steps = 0;
-        while let Some((from, env)) = queue.pop() {
-            steps += 1;
-            assert!(steps < 100_000, "cluster does not settle");
-            if !allow(from, env.to) {
-                continue;
-            }
-            let target = &mut nodes[(env.to - 1) as usize];
-            target.step(from, env.message);
-            target.check_invariants();
-            queue.extend(drain(target));
-        }
-    }
-
-    fn all(_: NodeId, _: NodeId) -> bool {
-        true
-    }
-
-    fn elect(nodes: &mut [RaftNode], id: NodeId) {
-        nodes[(id - 1) as usize].campaign();
-        settle(nodes, &all);
-        assert_eq!(nodes[(id - 1) as usize].role(), Role::Leader);
-    }
-
-    // §5.2: a follower that hears nothing for an election timeout starts an election.
-    #[test]
-    fn follower_times_out_and_campaigns() {
-        let mut n = node(1, 3);
-        for _ in 0..300 {
-            n.tick();
-        }
-        assert_eq!(n.role(), Role::Candidate);
-        assert_eq!(n.current_term(), 1);
-        let rd = n.ready();
-        assert_eq!(rd.hard_state.unwrap().voted_for, Some(1));
-        assert!(
-            rd.messages.is_empty(),
-            "vote requests wait for the vote to be durable"
-        );
-        assert_eq!(rd.persisted_messages.len(), 2);
-    }
-
-    // §5.2: the randomized timeout stays inside the configured range.
-    #[test]
-    fn election_timeout_is_randomized_within_range() {
-        let n = node(1, 3);
-        let timeout = n.ticks_until_timer();
-        assert!((150..300).contains(&timeout), "timeout {timeout}");
-    }
-
-    // §5.2: a candidate with a quorum of votes becomes leader and appends a no-op (§8).
-    #[test]
-    fn candidate_with_quorum_leads_and_appends_noop() {
-        let mut nodes: Vec<RaftNode> = (1..=3).map(|id| node(id, 3)).collect();
-        elect(&mut nodes, 1);
-        let leader = &nodes[0];
-        assert_eq!(leader.log().last_index(), 1);
-        assert_eq!(leader.log().entry(1).unwrap().payload, Payload::Noop);
-        assert_eq!(leader.commit_index(), 1);
-        for n in &nodes[1..] {
-            assert_eq!(n.leader_id(), Some(1));
-            assert_eq!(n.commit_index(), 1, "followers learn the commit index");
-        }
-    }
-
-    // Single-member clusters elect themselves and commit alone.
-    #[test]
-    fn single_node_commits_alone() {
-        let mut n = node(1, 1);
-        n.campaign();
-        assert_eq!(n.role(), Role::Leader);
-        let index = n.propose(b"x".to_vec()).unwrap();
-        drain(&mut n);
-        assert_eq!(n.commit_index(), index);
-    }
-
-    // §5.1: a message with a higher term turns any node into a follower of that term.
-    #[test]
-    fn higher_term_makes_leader_step_down() {
-        let mut nodes: Vec<RaftNode> = (1..=3).map(|id| node(id, 3)).collect();
-        elect(&mut nodes, 1);
-        let request = RequestVote {
-            term: 5,
-            last_log_index: 0,
-            last_log_term: 0,
-        };
-        nodes[0].step(2, Message::RequestVote(request));
-        assert_eq!(nodes[0].role(), Role::Follower);
-        assert_eq!(nodes[0].current_term(), 5);
-    }
-
-    // §5.2, §5.4.1: one vote per term, and only for a log at least as up to date.
-    #[test]
-    fn votes_once_per_term_for_up_to_date_logs() {
-        let mut n = node_with_log(1, 3, 2, &[1, 2]);
-        let stale = RequestVote {
-            term: 3,
-            last_log_index: 5,
-            last_log_term: 1,
-        };
-        n.step(2, Message::RequestVote(stale));
-        assert_eq!(
-            n.hard_state().voted_for,
-            None,
-            "log with older last term refused"
-        );
-        let good = RequestVote {
-            term: 3,
-            last_log_index: 2,
-            last_log_term: 2,
-        };
-        n.step(2, Message::RequestVote(good.clone()));
-        assert_eq!(n.hard_state().voted_for, Some(2));
-        n.step(3, Message::RequestVote(good));
-        assert_eq!(
-            n.hard_state().voted_for,
-            Some(2),
-            "second vote in a term refused"
-        );
-        let rd = n.ready();
-        assert!(
-            rd.hard_state.is_some(),
-            "the vote is persisted before the reply is sent"
-        );
-        let granted: Vec<bool> = rd
-            .persisted_messages
-            .iter()
-            .map(|e| match &e.message {
-                Message::RequestVoteResponse(r) => r.vote_granted,
-                other => panic!("unexpected {other:?}"),
-            })
-            .collect();
-        assert_eq!(granted, vec![false, true, false]);
-    }
-
-    // §5.3: the consistency check rejects with a hint that skips a whole conflicting term.
-    #[test]
-    fn append_rejected_with_conflict_hint() {
-        let mut n = node_with_log(2, 3, 3, &[1, 1, 2, 2, 2]);
-        let append = AppendEntries {
-            term: 3,
-            prev_log_index: 5,
-            prev_log_term: 3,
-            entries: vec![],
-            leader_commit: 0,
-            read_round: 0,
-        };
-        n.step(1, Message::AppendEntries(append));
-        let rd = n.ready();
-        let Message::AppendEntriesResponse(r) = &rd.persisted_messages[0].message else {
-            panic!("expected a response");
-        };
-        assert!(!r.success);
-        assert_eq!((r.conflict_index, r.conflict_term), (3, Some(2)));
-    }
-
-    // §5.3: a delayed or duplicated append of a matching prefix must not cut newer entries.
-    #[test]
-    fn stale_append_does_not_truncate_log() {
-        let mut n = node_with_log(2, 3, 1, &[1, 1, 1, 1]);
-        let old = AppendEntries {
-            term: 1,
-            prev_log_index: 1,
-            prev_log_term: 1,
-            entries: vec![entry(2, 1)],
-            leader_commit: 0,
-            read_round: 0,
-        };
-        n.step(1, Message::AppendEntries(old));
-        assert_eq!(n.log().last_index(), 4);
-        let conflicting = AppendEntries {
-            term: 2,
-            prev_log_index: 2,
-            prev_log_term: 1,
-            entries: vec![entry(3, 2)],
-            leader_commit: 0,
-            read_round: 0,
-        };
-        n.step(1, Message::AppendEntries(conflicting));
-        assert_eq!(n.log().last_index(), 3, "a real conflict truncates");
-        assert_eq!(n.log().last_term(), 2);
-    }
-
-    // §5.3: a follower never commits past the last entry the leader vouched for.
-    #[test]
-    fn follower_commit_bounded_by_last_new_entry() {
-        let mut n = node_with_log(2, 3, 1, &[1, 1, 1]);
-        let append = AppendEntries {
-            term: 2,
-            prev_log_index: 1,
-            prev_log_term: 1,
-            entries: vec![],
-            leader_commit: 3,
-            read_round: 0,
-        };
-        n.step(1, Message::AppendEntries(append));
-        assert_eq!(n.commit_index(), 1);
-    }
-
-    // §5.4.2 and Figure 8: a leader does not commit an entry of an earlier term by counting
-    // replicas; it commits it only together with an entry of its own term.
-    #[test]
-    fn leader_counts_only_current_term_entries() {
-        // Node 1 holds an old-term entry at index 2 that node 2 also has; node 3 does not.
-        let mut nodes = vec![
-            node_with_log(1, 3, 3, &[1, 2]),
-            node_with_log(2, 3, 3, &[1, 2]),
-            node_with_log(3, 3, 3, &[1]),
-        ];
-        nodes[0].campaign();
-        settle(&mut nodes, &all);
-        assert_eq!(
-            nodes[0].commit_index(),
-            3,
-            "the no-op of term 4 commits index 2 with it"
-        );
-        // Now force a state where a quorum matches index 2 (old term) but not the no-op.
-        let leader = &mut nodes[0];
-        leader.commit_index = 1;
-        leader.progress.get_mut(&2).unwrap().match_index = 2;
-        leader.persisted_index = 2;
-        leader.maybe_commit();
-        assert_eq!(
-            leader.commit_index(),
-            1,
-            "old-term entry not committed by counting"
-        );
-    }
-
-    // The leader's own entry counts toward commit only once durable.
-    #[test]
-    fn leader_commit_waits_for_own_fsync_or_quorum() {
-        let mut nodes: Vec<RaftNode> = (1..=3).map(|id| node(id, 3)).collect();
-        elect(&mut nodes, 1);
-        let index = nodes[0].propose(b"v".to_vec()).unwrap();
-        let rd = nodes[0].ready();
-        assert_eq!(rd.entries.len(), 1);
-        assert_eq!(
-            rd.messages.len(),
-            2,
-            "appends leave before the leader's own fsync"
-        );
-        // One follower acknowledges; without the leader's fsync that is 1 of 3.
-        let Message::AppendEntries(append) = rd.messages[0].message.clone() else {
-            panic!("expected append");
-        };
-        let to = rd.messages[0].to;
-        nodes[(to - 1) as usize].step(1, Message::AppendEntries(append));
-        let replies = drain(&mut nodes[(to - 1) as usize]);
-        for (from, env) in replies {
-            nodes[0].step(from, env.message);
-        }
-        assert_eq!(
-            nodes[0].commit_index(),
-            1,
-            "one follower alone is not a quorum of three"
-        );
-        nodes[0].on_persisted(index, 1);
-        assert_eq!(
-            nodes[0].commit_index(),
-            index,
-            "leader's durable copy completes the quorum"
-        );
-    }
-
-    // Dissertation §6.4: a read is released only after a quorum answers its heartbeat round.
-    #[test]
-    fn read_index_needs_a_quorum_round() {
-        let mut nodes: Vec<RaftNode> = (1..=3).map(|id| node(id, 3)).collect();
-        elect(&mut nodes, 1);
-        nodes[0].read_index(7).unwrap();
-        let rd = nodes[0].ready();
-        assert!(rd.read_states.is_empty());
-        assert_eq!(rd.messages.len(), 2, "one heartbeat per follower");
-        let Message::AppendEntries(hb) = rd.messages[0].message.clone() else {
-            panic!("expected heartbeat");
-        };
-        let to = rd.messages[0].to;
-        nodes[(to - 1) as usize].step(1, Message::AppendEntries(hb));
-        for (from, env) in drain(&mut nodes[(to - 1) as usize]) {
-            nodes[0].step(from, env.message);
-        }
-        let rd = nodes[0].ready();
-        assert_eq!(rd.read_states, vec![ReadState { ctx: 7, index: 1 }]);
-    }
-
-    // §6.4: a new leader answers reads only once an entry of its term has committed.
-    #[test]
-    fn new_leader_defers_reads_until_noop_commits() {
-        let mut fresh: Vec<RaftNode> = (1..=3).map(|id| node(id, 3)).collect();
-        fresh[0].campaign();
-        // Deliver the vote requests and answers, but hold the leader's appends.
-        let out = drain(&mut fresh[0]);
-        for (from, env) in out {
-            let to = env.to;
-            fresh[(to - 1) as usize].step(from, env.message);
-            for (f, e) in drain(&mut fresh[(to - 1) as usize]) {
-                fresh[0].step(f, e.message);
-            }
-        }
-        assert_eq!(fresh[0].role(), Role::Leader);
-        fresh[0].read_index(1).unwrap();
-        assert!(
-            fresh[0].pending_reads.is_empty(),
-            "read waits for the no-op to commit"
-        );
-        assert_eq!(fresh[0].reads_awaiting_commit, vec![1]);
-    }
-
-    #[test]
-    fn not_leader_names_the_leader() {
-        let mut nodes: Vec<RaftNode> = (1..=3).map(|id| node(id, 3)).collect();
-        elect(&mut nodes, 2);
-        assert_eq!(
-            nodes[0].propose(vec![1]),
-            Err(NotLeader { leader: Some(2) })
-        );
-        assert_eq!(nodes[0].read_index(1), Err(NotLeader { leader: Some(2) }));
-    }
-}
+mod tests;

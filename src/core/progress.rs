@@ -17,6 +17,8 @@ pub enum ProgressMode {
     Probe,
     /// Logs agree up to `match_index`: stream entries, bounded by the in-flight window.
     Replicate,
+    /// The follower needs entries the leader compacted away: stream the snapshot instead.
+    Snapshot,
 }
 
 /// The leader's view of one follower.
@@ -37,6 +39,21 @@ pub struct Progress {
     pub read_round_acked: u64,
     /// True if the follower answered anything since the leader last checked for a quorum.
     pub recent_active: bool,
+    /// In `Snapshot`: the snapshot being sent and how far.
+    pub snapshot: Option<SnapshotTransfer>,
+}
+
+/// A snapshot on its way to one follower.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotTransfer {
+    /// Last index of the snapshot being sent.
+    pub index: Index,
+    /// Bytes in the snapshot.
+    pub total_len: u64,
+    /// Next byte to send.
+    pub next_offset: u64,
+    /// Bytes the follower confirmed receiving in order.
+    pub acked_offset: u64,
 }
 
 impl Progress {
@@ -51,6 +68,7 @@ impl Progress {
             inflight: VecDeque::new(),
             read_round_acked: 0,
             recent_active: false,
+            snapshot: None,
         }
     }
 
@@ -59,6 +77,7 @@ impl Progress {
         match self.mode {
             ProgressMode::Probe => self.probe_sent,
             ProgressMode::Replicate => self.inflight.len() >= max_inflight,
+            ProgressMode::Snapshot => true,
         }
     }
 
@@ -75,7 +94,7 @@ impl Progress {
                 self.next_index = last + 1;
                 self.inflight.push_back(last);
             }
-            ProgressMode::Replicate => {}
+            ProgressMode::Replicate | ProgressMode::Snapshot => {}
         }
     }
 
@@ -90,9 +109,10 @@ impl Progress {
         }
         self.match_index = index;
         self.next_index = self.next_index.max(index + 1);
-        if self.mode == ProgressMode::Probe {
+        if self.mode != ProgressMode::Replicate {
             self.mode = ProgressMode::Replicate;
             self.probe_sent = false;
+            self.snapshot = None;
         }
         true
     }
@@ -103,6 +123,19 @@ impl Progress {
         self.mode = ProgressMode::Probe;
         self.probe_sent = false;
         self.inflight.clear();
+        self.snapshot = None;
+    }
+
+    /// Switches to sending the snapshot that ends at `index`.
+    pub fn start_snapshot(&mut self, index: Index, total_len: u64) {
+        self.mode = ProgressMode::Snapshot;
+        self.inflight.clear();
+        self.snapshot = Some(SnapshotTransfer {
+            index,
+            total_len,
+            next_offset: 0,
+            acked_offset: 0,
+        });
     }
 
     /// Number of unanswered messages in the window.

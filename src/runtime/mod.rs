@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::UdpSocket;
@@ -23,11 +24,11 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::config::Cluster;
-use crate::core::{Config, Envelope, Index, RaftLog, RaftNode, Ready, Role};
+use crate::core::{Config, Envelope, Index, RaftLog, RaftNode, Ready, Role, Snapshot};
 use crate::kv::{self, Command, KvStore, Op, Reply};
 use crate::net::rules::{Chain, RuleSet, Target};
 use crate::net::wire::{self, Body, ClientOutcome, ClientRequest, ClientResponse, MAX_DATAGRAM};
-use crate::storage::{SnapshotMeta, Storage, DEFAULT_SEGMENT_BYTES};
+use crate::storage::{SnapshotMeta, Storage};
 use control::ControlServer;
 use timer::{TimerId, TimerWheel};
 
@@ -63,6 +64,10 @@ pub struct NodeOptions {
     pub heartbeat_ms: u32,
     /// Seed for election timeouts and probabilistic rules; random when None.
     pub seed: Option<u64>,
+    /// Take a snapshot after this many entries were applied since the last one (0: never).
+    pub snapshot_every: u64,
+    /// Size at which a WAL segment is closed and the next one started.
+    pub segment_bytes: u64,
 }
 
 /// Timers the loop keeps in its wheel.
@@ -126,6 +131,12 @@ pub struct Counters {
     pub send_errors: u64,
     /// fdatasync calls.
     pub fsyncs: u64,
+    /// Snapshots taken here.
+    pub snapshots_taken: u64,
+    /// Snapshots received from a leader and installed.
+    pub snapshots_installed: u64,
+    /// Datagrams and client requests ignored because of a disk error.
+    pub dropped_disk_error: u64,
 }
 
 /// The running node: the core plus everything that does IO for it.
@@ -154,6 +165,12 @@ pub struct Node {
     recv_buf: Vec<u8>,
     shutdown: bool,
     last_role: (Role, Option<u64>),
+    /// Applied index of the latest snapshot.
+    snapshot_index: u64,
+    snapshot_every: u64,
+    /// Set when a write or fsync failed: the node then neither leads nor votes nor
+    /// acknowledges anything, because what it promised may not be on disk.
+    disk_error: Option<String>,
 }
 
 /// Failures that stop a node, with what it was doing.
@@ -201,7 +218,7 @@ impl Node {
             .ok_or_else(|| RunError(format!("node {} is not in the cluster list", opts.id)))?;
 
         let (storage, recovered) =
-            Storage::open(&opts.data_dir, opts.id, cluster_id, DEFAULT_SEGMENT_BYTES)
+            Storage::open(&opts.data_dir, opts.id, cluster_id, opts.segment_bytes)
                 .map_err(|e| RunError(e.to_string()))?;
         let (kv, snapshot) = match &recovered.snapshot {
             Some(snap) => {
@@ -219,7 +236,14 @@ impl Node {
         config.validate().map_err(RunError)?;
         let seed = opts.seed.unwrap_or_else(rand::random);
         let log = RaftLog::new(snapshot.index, snapshot.term, recovered.entries);
-        let raft = RaftNode::new(config, recovered.hard_state, log, seed);
+        let mut raft = RaftNode::new(config, recovered.hard_state, log, seed);
+        if let Some(snap) = recovered.snapshot {
+            raft.compact(Snapshot {
+                index: snap.meta.index,
+                term: snap.meta.term,
+                data: Arc::new(snap.data),
+            });
+        }
 
         let poll = Poll::new().map_err(ctx(|| "creating poll".to_string()))?;
         let mut socket =
@@ -264,6 +288,9 @@ impl Node {
             recv_buf: vec![0; MAX_DATAGRAM + 1],
             shutdown: false,
             last_role,
+            snapshot_index: snapshot.index,
+            snapshot_every: opts.snapshot_every,
+            disk_error: None,
         })
     }
 
@@ -310,8 +337,10 @@ impl Node {
     fn advance_clock(&mut self, expired: &mut Vec<(TimerId, Timer)>) {
         let now = self.now_ms();
         let ticks = (now - self.last_tick_ms).min(MAX_TICK_CATCHUP);
-        for _ in 0..ticks {
-            self.raft.tick();
+        if self.disk_error.is_none() {
+            for _ in 0..ticks {
+                self.raft.tick();
+            }
         }
         self.last_tick_ms = now;
         expired.clear();
@@ -386,6 +415,10 @@ impl Node {
                 }
                 if self.blocked(Chain::Input, peer) {
                     self.counters.dropped_rule_in += 1;
+                    return;
+                }
+                if self.disk_error.is_some() {
+                    self.counters.dropped_disk_error += 1;
                     return;
                 }
                 self.counters.peer_received += 1;
@@ -474,6 +507,12 @@ impl Node {
             self.reply(addr, client_id, seq, ClientOutcome::Rejected(reason));
             return;
         }
+        if let Some(error) = &self.disk_error {
+            self.counters.dropped_disk_error += 1;
+            let outcome = ClientOutcome::Rejected(format!("node has a disk error: {error}"));
+            self.reply(addr, client_id, seq, outcome);
+            return;
+        }
         if self.raft.role() != Role::Leader {
             let leader = self.raft.leader_id();
             self.reply(addr, client_id, seq, ClientOutcome::NotLeader(leader));
@@ -555,18 +594,28 @@ impl Node {
 
     // ----- the core's output -----
 
-    /// Carries out the core's batches until it has nothing more to do.
+    /// Carries out the core's batches until it has nothing more to do. A disk failure stops
+    /// the node from acting on Raft traffic, since it can no longer keep its promises.
     fn process_ready(&mut self) -> Result<(), RunError> {
-        while self.raft.has_ready() {
+        while self.disk_error.is_none() && self.raft.has_ready() {
             let ready = self.raft.ready();
-            self.handle_ready(ready)?;
+            if let Err(e) = self.handle_ready(ready) {
+                log::error!(
+                    "node={} term={}: {e}; no longer voting, leading or acknowledging",
+                    self.id,
+                    self.raft.current_term()
+                );
+                self.disk_error = Some(e.to_string());
+                self.fail_pending();
+            }
         }
         self.note_role_change();
         Ok(())
     }
 
-    fn handle_ready(&mut self, ready: Ready) -> Result<(), RunError> {
+    fn handle_ready(&mut self, ready: Ready) -> io::Result<()> {
         let Ready {
+            snapshot,
             hard_state,
             entries,
             messages,
@@ -580,17 +629,15 @@ impl Node {
         for envelope in messages {
             self.send_peer(envelope);
         }
+        if let Some(snapshot) = snapshot {
+            self.install_snapshot(&snapshot)?;
+        }
         if let Some(hs) = hard_state {
             self.storage.save_hard_state(hs);
         }
         self.storage.append(&entries);
         if hard_state.is_some() || !entries.is_empty() {
-            self.storage.sync().map_err(|e| {
-                RunError(format!(
-                    "writing the log in {}: {e}",
-                    self.storage.dir().display()
-                ))
-            })?;
+            self.storage.sync()?;
             self.counters.fsyncs += 1;
         }
         if let Some(last) = entries.last() {
@@ -608,7 +655,63 @@ impl Node {
             }
         }
         self.answer_reads();
+        if self.snapshot_every > 0
+            && self.kv.applied_index() >= self.snapshot_index + self.snapshot_every
+        {
+            self.take_snapshot()?;
+        }
         Ok(())
+    }
+
+    /// Makes a snapshot received from the leader durable and loads it.
+    fn install_snapshot(&mut self, snapshot: &Snapshot) -> io::Result<()> {
+        let meta = SnapshotMeta {
+            index: snapshot.index,
+            term: snapshot.term,
+        };
+        let kv = KvStore::restore(&snapshot.data)
+            .map_err(|e| io::Error::other(format!("snapshot from the leader: {e}")))?;
+        self.storage.install_snapshot(meta, &snapshot.data)?;
+        self.kv = kv;
+        self.snapshot_index = snapshot.index;
+        self.counters.snapshots_installed += 1;
+        Ok(())
+    }
+
+    /// Writes the state machine to a snapshot and lets the core and storage drop the log
+    /// behind it.
+    fn take_snapshot(&mut self) -> io::Result<u64> {
+        let index = self.kv.applied_index();
+        if index <= self.snapshot_index {
+            return Ok(self.snapshot_index);
+        }
+        let term = self
+            .raft
+            .log()
+            .term_at(index)
+            .expect("applied entries are held until snapshotted");
+        let data = self.kv.snapshot();
+        self.storage
+            .save_snapshot(SnapshotMeta { index, term }, &data)?;
+        self.raft.compact(Snapshot {
+            index,
+            term,
+            data: Arc::new(data),
+        });
+        self.snapshot_index = index;
+        self.counters.snapshots_taken += 1;
+        log::debug!("node={}: snapshot at index {index}", self.id);
+        Ok(index)
+    }
+
+    /// After a disk error, forgets every waiting client: none may be told its write happened.
+    fn fail_pending(&mut self) {
+        for (_, write) in self.writes.drain() {
+            self.timers.cancel(write.timer);
+        }
+        for (_, read) in self.reads.drain() {
+            self.timers.cancel(read.timer);
+        }
     }
 
     fn apply(&mut self, entry: &crate::core::Entry) {
@@ -694,6 +797,16 @@ impl Node {
         let result = match proto::parse_command(line) {
             Err(e) => Err(e),
             Ok(ControlCommand::Status) => Ok(vec![self.status_json()]),
+            Ok(ControlCommand::Snapshot) => match self.disk_error.clone() {
+                Some(e) => Err(format!("disk error: {e}")),
+                None => match self.take_snapshot() {
+                    Ok(index) => Ok(vec![format!("snapshot at index {index}")]),
+                    Err(e) => {
+                        self.disk_error = Some(e.to_string());
+                        Err(format!("taking a snapshot: {e}"))
+                    }
+                },
+            },
             Ok(ControlCommand::Campaign) => {
                 self.raft.campaign();
                 Ok(vec![format!(
@@ -733,6 +846,7 @@ impl Node {
             counters: &'a Counters,
             pending_writes: usize,
             pending_reads: usize,
+            disk_error: Option<&'a str>,
         }
         let full = Full {
             raft: self.raft.status(),
@@ -749,6 +863,7 @@ impl Node {
             counters: &self.counters,
             pending_writes: self.writes.len(),
             pending_reads: self.reads.len(),
+            disk_error: self.disk_error.as_deref(),
         };
         serde_json::to_string(&full).expect("status serializes")
     }
