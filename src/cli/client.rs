@@ -230,12 +230,21 @@ pub fn format_status(json_line: &str) -> String {
         s("leader"),
         s("voted_for")
     );
+    out += &format!("why: {}\n", s("role_reason"));
+    if let Some(error) = v["disk_error"].as_str() {
+        out += &format!("DISK ERROR: {error}; not voting, leading or acknowledging\n");
+    }
+    if !v["snapshot_receiving"].is_null() {
+        out += &format!("receiving snapshot: {}\n", v["snapshot_receiving"]);
+    }
     out += &format!(
-        "log: last index {} (term {}), commit {}, applied {}, keys {}, digest {}\n",
+        "log: last index {} (term {}), commit {}, applied {}, snapshot {} (term {}), keys {}, digest {}\n",
         s("last_log_index"),
         s("last_log_term"),
         s("commit_index"),
         s("last_applied"),
+        s("snapshot_index"),
+        s("snapshot_term"),
         s("keys"),
         s("applied_digest")
     );

@@ -28,8 +28,8 @@ pub const EXIT_UNKNOWN: u8 = 3;
 const EXIT_CODES: &str = "\
 Exit codes:
   0  success
-  1  key not found, cas mismatch, or the node refused the command
-  2  usage error: bad flag, argument or cluster list
+  1  key not found or cas mismatch; for run and ctl: the command failed
+  2  usage error: bad flag, argument or cluster list, or a key or value over the size limit
   3  outcome unknown: timed out or no leader (a write may or may not have been applied)
 
 Environment:
@@ -123,6 +123,14 @@ pub struct RunArgs {
     /// Seed for election timeouts and probabilistic drop rules [default: random].
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Elect without a pre-vote round (the plain algorithm of the paper, for teaching: a node
+    /// returning from a partition then forces an election with its inflated term).
+    #[arg(long)]
+    pub no_pre_vote: bool,
+    /// Keep a leader that lost its quorum in office, and let followers vote while they still
+    /// hear from a leader (the plain algorithm of the paper).
+    #[arg(long)]
+    pub no_check_quorum: bool,
     /// Take a snapshot of the key-value store every N applied entries and delete the log
     /// behind it (0: never).
     #[arg(long, default_value_t = 10_000, value_name = "N")]
@@ -157,7 +165,8 @@ pub struct CtlArgs {
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub timeout: Duration,
     /// The command and its arguments: status [--json], block [--in|--out] PEER..., unblock
-    /// [--in|--out] PEER..., isolate, heal, rules, campaign, help, or an iptables-style rule.
+    /// [--in|--out] PEER..., isolate, heal, rules, campaign, snapshot, transfer-leader PEER,
+    /// help, or an iptables-style rule.
     #[arg(required = true, num_args = 1.., trailing_var_arg = true, allow_hyphen_values = true, value_name = "COMMAND")]
     pub command: Vec<String>,
 }
@@ -265,6 +274,8 @@ fn node_options(args: &RunArgs) -> Result<NodeOptions, String> {
         election_timeout_ms: (min, max),
         heartbeat_ms: heartbeat,
         seed: args.seed,
+        pre_vote: !args.no_pre_vote,
+        check_quorum: !args.no_check_quorum,
         snapshot_every: args.snapshot_every,
         segment_bytes: args.segment_bytes,
     })

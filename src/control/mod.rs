@@ -49,6 +49,8 @@ pub enum ControlCommand {
     Campaign,
     /// `snapshot`: take a snapshot now and compact the log behind it.
     Snapshot,
+    /// `transfer-leader PEER`: hand leadership to PEER.
+    TransferLeader(NodeId),
     /// `help`: list the commands.
     Help,
 }
@@ -63,6 +65,7 @@ heal                            remove every rule
 rules                           list the rules (same as -S)
 campaign                        start an election now
 snapshot                        take a snapshot now and compact the log
+transfer-leader PEER            hand leadership to PEER (on the leader)
 -A|-I|-D INPUT|OUTPUT [-s ID|-d ID] [-m statistic --mode random --probability P] -j DROP|ACCEPT
 -F [CHAIN]   -L [CHAIN]   -S [CHAIN]
 help                            this text";
@@ -93,6 +96,13 @@ pub fn parse_command(line: &str) -> Result<ControlCommand, String> {
         "rules" => no_args(ControlCommand::Rules),
         "campaign" => no_args(ControlCommand::Campaign),
         "snapshot" => no_args(ControlCommand::Snapshot),
+        "transfer-leader" => match args {
+            [peer] => peer
+                .parse()
+                .map(ControlCommand::TransferLeader)
+                .map_err(|_| format!("'{peer}' is not a node id")),
+            _ => Err("transfer-leader takes one peer id".to_string()),
+        },
         "help" => no_args(ControlCommand::Help),
         v if v.starts_with('-') || v == "iptables" => parse_rule_command(&words)
             .map(ControlCommand::Rule)
@@ -140,12 +150,37 @@ fn chains(direction: Direction) -> &'static [Chain] {
     }
 }
 
+/// The peers a command names, to be checked against the membership.
+fn named_peers(command: &ControlCommand) -> Vec<NodeId> {
+    match command {
+        ControlCommand::Block(_, peers) | ControlCommand::Unblock(_, peers) => peers.clone(),
+        ControlCommand::Rule(
+            RuleCommand::Append(rule) | RuleCommand::Insert(rule) | RuleCommand::Delete(rule),
+        ) => rule.peer.into_iter().collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// Carries out a rule-changing command on `rules` and returns the reply lines, which list the
-/// rules that now hold. Friendly verbs are idempotent: blocking twice adds one rule.
+/// rules that now hold. Friendly verbs are idempotent: blocking twice adds one rule. `peers`
+/// are this node's peers: a rule naming anything else could never match, so it is refused.
 ///
 /// # Errors
-/// The rule set's refusal (e.g. deleting a rule that does not exist).
-pub fn apply_rules(rules: &mut RuleSet, command: ControlCommand) -> Result<Vec<String>, String> {
+/// A named node that is not a peer, or the rule set's refusal (e.g. deleting a rule that does
+/// not exist).
+pub fn apply_rules(
+    rules: &mut RuleSet,
+    peers: &[NodeId],
+    command: ControlCommand,
+) -> Result<Vec<String>, String> {
+    if let Some(bad) = named_peers(&command)
+        .into_iter()
+        .find(|p| !peers.contains(p))
+    {
+        return Err(format!(
+            "node {bad} is not a peer of this node (peers: {peers:?})"
+        ));
+    }
     let err = |e: crate::net::rules::RuleError| e.to_string();
     match command {
         ControlCommand::Rule(cmd @ RuleCommand::List(_)) => return rules.apply(cmd).map_err(err),
@@ -250,6 +285,12 @@ mod tests {
             .unwrap_err()
             .contains("unknown command"));
         assert!(parse_command("heal now").is_err());
+        assert_eq!(
+            parse_command("transfer-leader 3"),
+            Ok(ControlCommand::TransferLeader(3))
+        );
+        assert!(parse_command("transfer-leader").is_err());
+        assert!(parse_command("transfer-leader x").is_err());
         assert!(parse_command("").is_err());
         assert!(matches!(
             parse_command("-A INPUT -s 2 -j DROP"),
@@ -262,18 +303,26 @@ mod tests {
     fn friendly_verbs_become_rules_idempotently() {
         let mut rules = RuleSet::new();
         let both = ControlCommand::Block(Direction::Both, vec![2]);
-        apply_rules(&mut rules, both.clone()).unwrap();
-        let lines = apply_rules(&mut rules, both).unwrap();
+        apply_rules(&mut rules, &[2, 3], both.clone()).unwrap();
+        let lines = apply_rules(&mut rules, &[2, 3], both).unwrap();
         assert_eq!(
             lines,
             vec!["-A INPUT -s 2 -j DROP", "-A OUTPUT -d 2 -j DROP"]
         );
-        let lines =
-            apply_rules(&mut rules, ControlCommand::Unblock(Direction::In, vec![2])).unwrap();
+        let lines = apply_rules(
+            &mut rules,
+            &[2, 3],
+            ControlCommand::Unblock(Direction::In, vec![2]),
+        )
+        .unwrap();
         assert_eq!(lines, vec!["-A OUTPUT -d 2 -j DROP"]);
-        apply_rules(&mut rules, ControlCommand::Isolate).unwrap();
+        apply_rules(&mut rules, &[2, 3], ControlCommand::Isolate).unwrap();
         assert_eq!(rules.rules().len(), 3);
-        let lines = apply_rules(&mut rules, ControlCommand::Heal).unwrap();
+        let lines = apply_rules(&mut rules, &[2, 3], ControlCommand::Heal).unwrap();
         assert_eq!(lines, vec!["no rules: every link is open"]);
+        let own = ControlCommand::Block(Direction::Both, vec![1]);
+        assert!(apply_rules(&mut rules, &[2, 3], own)
+            .unwrap_err()
+            .contains("not a peer"));
     }
 }

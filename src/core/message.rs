@@ -66,6 +66,12 @@ pub struct RequestVote {
     pub last_log_index: Index,
     /// Term of the candidate's last log entry (§5.4).
     pub last_log_term: Term,
+    /// True for a pre-vote (dissertation §9.6): "would you vote for me?", which changes no
+    /// state on either side.
+    pub pre_vote: bool,
+    /// True when the election was started by a leadership transfer (TimeoutNow): voters then
+    /// answer even if they heard from the leader recently.
+    pub transfer: bool,
 }
 
 /// RequestVote RPC results.
@@ -75,6 +81,16 @@ pub struct RequestVoteResponse {
     pub term: Term,
     /// True means the candidate received this vote.
     pub vote_granted: bool,
+    /// True when answering a pre-vote.
+    pub pre_vote: bool,
+}
+
+/// Sent by a leader handing over leadership: the receiver starts an election at once
+/// (dissertation §3.10).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimeoutNow {
+    /// Leader's term.
+    pub term: Term,
 }
 
 /// AppendEntries RPC arguments (Figure 2). With no entries it is a heartbeat.
@@ -164,6 +180,8 @@ pub enum Message {
     InstallSnapshot(InstallSnapshot),
     /// A follower's answer to a chunk.
     InstallSnapshotResponse(InstallSnapshotResponse),
+    /// A leader's request that the receiver campaign now.
+    TimeoutNow(TimeoutNow),
 }
 
 impl Message {
@@ -176,6 +194,7 @@ impl Message {
             Message::AppendEntriesResponse(m) => m.term,
             Message::InstallSnapshot(m) => m.term,
             Message::InstallSnapshotResponse(m) => m.term,
+            Message::TimeoutNow(m) => m.term,
         }
     }
 
@@ -188,6 +207,7 @@ impl Message {
             Message::AppendEntriesResponse(_) => "AppendEntriesResponse",
             Message::InstallSnapshot(_) => "InstallSnapshot",
             Message::InstallSnapshotResponse(_) => "InstallSnapshotResponse",
+            Message::TimeoutNow(_) => "TimeoutNow",
         }
     }
 }

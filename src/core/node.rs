@@ -22,6 +22,7 @@ use super::message::{
     Payload, RequestVote, RequestVoteResponse, Term,
 };
 use super::progress::{Progress, ProgressMode};
+use leadership::is_granted_pre_vote_or_request;
 use snapshot::IncomingSnapshot;
 
 /// Logs at info with the node id and term in front, as every line of the core does.
@@ -38,6 +39,7 @@ macro_rules! node_debug {
     };
 }
 
+mod leadership;
 mod snapshot;
 
 /// Static settings of one node. Timeouts are in ticks.
@@ -66,6 +68,12 @@ pub struct Config {
     /// Entries kept in memory below a snapshot, so followers that are only a little behind
     /// catch up from the log instead of receiving the whole snapshot.
     pub compaction_tail: u64,
+    /// Run a pre-vote round before each election (dissertation §9.6), so a node that was cut
+    /// off cannot disturb a healthy leader or inflate terms when it returns.
+    pub pre_vote: bool,
+    /// A leader that has not heard from a quorum within an election timeout steps down, and
+    /// followers that heard from a leader recently ignore vote requests (§6.2, §4.2.3).
+    pub check_quorum: bool,
 }
 
 impl Config {
@@ -84,6 +92,8 @@ impl Config {
             snapshot_chunk_bytes: 32 * 1024,
             snapshot_window: 8,
             compaction_tail: 1000,
+            pre_vote: true,
+            check_quorum: true,
         }
     }
 
@@ -119,10 +129,12 @@ impl Config {
 
 /// The three roles of §5.1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Role {
     /// Passive: answers leaders and candidates.
     Follower,
+    /// Asking whether peers would vote for it, before starting a real election.
+    PreCandidate,
     /// Asking for votes to become leader.
     Candidate,
     /// Takes client commands and replicates them.
@@ -247,6 +259,10 @@ pub struct Status {
     pub snapshot_receiving: Option<(Index, u64, u64)>,
     /// Per-follower progress (leader only; empty otherwise).
     pub peers: Vec<PeerStatus>,
+    /// Why the node holds its current role (the reason of its last role change).
+    pub role_reason: String,
+    /// Leader only: the peer leadership is being handed to.
+    pub transfer_to: Option<NodeId>,
 }
 
 /// A read waiting for its heartbeat round to be acknowledged by a quorum.
@@ -285,8 +301,16 @@ pub struct RaftNode {
     randomized_election_timeout: u32,
     /// Ticks since the leader's last heartbeat broadcast.
     heartbeat_elapsed: u32,
-    /// Candidate only: answers received in this election (this node's own vote included).
+    /// Candidate and pre-candidate: answers received in this election (own vote included).
     votes: BTreeMap<NodeId, bool>,
+    /// Why the node holds its current role; set by the `become_*` functions.
+    role_reason: String,
+    /// Leader only: ticks since the last check that a quorum is still in contact.
+    check_quorum_elapsed: u32,
+    /// Leader only: the peer leadership is being handed to. While set, no proposals.
+    lead_transferee: Option<NodeId>,
+    /// Leader only: ticks since the transfer began; it is abandoned after an election timeout.
+    transfer_elapsed: u32,
     /// Leader only: Figure 2's `next_index` and `match_index`, with flow control.
     progress: BTreeMap<NodeId, Progress>,
     /// First index not yet handed to storage in a `Ready`.
@@ -345,6 +369,10 @@ impl RaftNode {
             randomized_election_timeout: 0,
             heartbeat_elapsed: 0,
             votes: BTreeMap::new(),
+            role_reason: "started".to_string(),
+            check_quorum_elapsed: 0,
+            lead_transferee: None,
+            transfer_elapsed: 0,
             progress: BTreeMap::new(),
             unstable_from: last_index + 1,
             persisted_index: last_index,
@@ -447,6 +475,8 @@ impl RaftNode {
             snapshot_term: self.snapshot.as_ref().map_or(0, |s| s.term),
             snapshot_receiving: self.incoming.as_ref().map(IncomingSnapshot::progress),
             peers,
+            role_reason: self.role_reason.clone(),
+            transfer_to: self.lead_transferee,
         }
     }
 
@@ -473,6 +503,7 @@ impl RaftNode {
                 self.heartbeat_elapsed = 0;
                 self.send_heartbeats();
             }
+            self.tick_leadership_checks();
             return;
         }
         self.election_elapsed += 1;
@@ -487,7 +518,7 @@ impl RaftNode {
                     self.election_elapsed
                 ),
             };
-            self.request_votes(&reason);
+            self.start_election(&reason);
         }
     }
 
@@ -495,9 +526,11 @@ impl RaftNode {
     /// idle caller can sleep that long. Always at least 1.
     pub fn ticks_until_timer(&self) -> u32 {
         let left = if self.role == Role::Leader {
-            self.config
+            let heartbeat = self
+                .config
                 .heartbeat_ticks
-                .saturating_sub(self.heartbeat_elapsed)
+                .saturating_sub(self.heartbeat_elapsed);
+            heartbeat.min(self.ticks_until_leadership_check())
         } else {
             self.randomized_election_timeout
                 .saturating_sub(self.election_elapsed)
@@ -512,7 +545,7 @@ impl RaftNode {
             node_debug!(self, "campaign ignored: already leader");
             return;
         }
-        self.request_votes("campaign requested by operator");
+        self.start_election("campaign requested by operator");
     }
 
     /// Handles one message from peer `from`. Messages from unknown peers are dropped.
@@ -525,7 +558,10 @@ impl RaftNode {
         // §5.1: a higher term anywhere makes this node a follower of that term. A leader of
         // that term is known only from its AppendEntries.
         let term = message.term();
-        if term > self.current_term {
+        if term > self.current_term && self.in_lease_ignoring(from, &message) {
+            return;
+        }
+        if term > self.current_term && !is_granted_pre_vote_or_request(&message) {
             let leader = match message {
                 Message::AppendEntries(_) | Message::InstallSnapshot(_) => Some(from),
                 _ => None,
@@ -544,6 +580,7 @@ impl RaftNode {
             Message::AppendEntriesResponse(m) => self.handle_append_response(from, m),
             Message::InstallSnapshot(m) => self.handle_install_snapshot(from, m),
             Message::InstallSnapshotResponse(m) => self.handle_snapshot_response(from, m),
+            Message::TimeoutNow(m) => self.handle_timeout_now(from, m),
         }
     }
 
@@ -553,6 +590,10 @@ impl RaftNode {
     /// # Errors
     /// `NotLeader` with the known leader when this node does not lead.
     pub fn propose(&mut self, data: Vec<u8>) -> Result<Index, NotLeader> {
+        if self.lead_transferee.is_some() {
+            // Leadership is being handed over: new entries would only delay it.
+            return Err(NotLeader { leader: None });
+        }
         if self.role != Role::Leader {
             return Err(NotLeader {
                 leader: self.leader_id,
@@ -664,12 +705,18 @@ impl RaftNode {
         }
         self.role = Role::Follower;
         self.leader_id = leader;
+        self.role_reason = reason.to_string();
+        self.lead_transferee = None;
         self.commit_broadcast_wanted = false;
         self.votes.clear();
         self.progress.clear();
         self.drop_reads();
         self.reset_election_timer();
-        node_info!(self, "became follower (was {previous:?}): {reason}");
+        if previous == Role::Follower {
+            node_info!(self, "follower in a new term: {reason}");
+        } else {
+            node_info!(self, "became follower (was {previous:?}): {reason}");
+        }
     }
 
     /// Starts a new term as candidate, voting for itself (§5.2).
@@ -679,6 +726,7 @@ impl RaftNode {
         self.current_term += 1;
         self.voted_for = Some(self.id);
         self.role = Role::Candidate;
+        self.role_reason = reason.to_string();
         self.leader_id = None;
         self.votes.clear();
         self.votes.insert(self.id, true);
@@ -694,6 +742,7 @@ impl RaftNode {
         self.role = Role::Leader;
         self.leader_id = Some(self.id);
         self.heartbeat_elapsed = 0;
+        self.check_quorum_elapsed = 0;
         let last_index = self.log.last_index();
         self.progress = self
             .peers()
@@ -706,6 +755,8 @@ impl RaftNode {
             .map(|(&id, _)| id)
             .collect();
         self.votes.clear();
+        let term = self.current_term;
+        self.role_reason = format!("won the election of term {term} with votes from {voters:?}");
         node_info!(
             self,
             "became leader (was Candidate): won election with votes from {voters:?}"
@@ -716,7 +767,7 @@ impl RaftNode {
     // ----- elections -----
 
     /// Becomes a candidate and asks every peer for its vote (§5.2).
-    fn request_votes(&mut self, reason: &str) {
+    fn request_votes(&mut self, reason: &str, transfer: bool) {
         self.become_candidate(reason);
         if self.votes_granted() >= self.quorum() {
             self.become_leader();
@@ -726,6 +777,8 @@ impl RaftNode {
             term: self.current_term,
             last_log_index: self.log.last_index(),
             last_log_term: self.log.last_term(),
+            pre_vote: false,
+            transfer,
         };
         let peers: Vec<NodeId> = self.peers().collect();
         for to in peers {
@@ -741,6 +794,10 @@ impl RaftNode {
     /// RequestVote receiver (Figure 2): one vote per term, only for a log at least as up to
     /// date as ours (§5.4.1).
     fn handle_vote_request(&mut self, from: NodeId, m: RequestVote) {
+        if m.pre_vote {
+            self.handle_pre_vote_request(from, m);
+            return;
+        }
         assert!(m.term <= self.current_term, "higher term not handled first");
         let vote_granted = if m.term < self.current_term {
             node_debug!(
@@ -775,12 +832,17 @@ impl RaftNode {
         let response = RequestVoteResponse {
             term: self.current_term,
             vote_granted,
+            pre_vote: false,
         };
         self.send_persisted(from, Message::RequestVoteResponse(response));
     }
 
     /// Counts a vote; a quorum of grants wins, a quorum of refusals loses (§5.2).
     fn handle_vote_response(&mut self, from: NodeId, m: RequestVoteResponse) {
+        if m.pre_vote {
+            self.handle_pre_vote_response(from, m);
+            return;
+        }
         if self.role != Role::Candidate || m.term != self.current_term {
             node_debug!(self, "ignored stale vote response from node {from}");
             return;
@@ -852,7 +914,7 @@ impl RaftNode {
             );
             return false;
         }
-        if self.role == Role::Candidate {
+        if matches!(self.role, Role::Candidate | Role::PreCandidate) {
             let term = self.current_term;
             let reason = format!("node {from} won the election of this term");
             self.become_follower(term, Some(from), &reason);
@@ -985,6 +1047,7 @@ impl RaftNode {
             }
         }
         self.check_reads();
+        self.maybe_send_timeout_now(from);
         self.send_appends_to(from);
     }
 

@@ -64,6 +64,10 @@ pub struct NodeOptions {
     pub heartbeat_ms: u32,
     /// Seed for election timeouts and probabilistic rules; random when None.
     pub seed: Option<u64>,
+    /// Run a pre-vote round before elections.
+    pub pre_vote: bool,
+    /// Leaders step down without a quorum; followers in a leader's lease ignore votes.
+    pub check_quorum: bool,
     /// Take a snapshot after this many entries were applied since the last one (0: never).
     pub snapshot_every: u64,
     /// Size at which a WAL segment is closed and the next one started.
@@ -233,6 +237,8 @@ impl Node {
         config.election_timeout_min_ticks = opts.election_timeout_ms.0;
         config.election_timeout_max_ticks = opts.election_timeout_ms.1;
         config.heartbeat_ticks = opts.heartbeat_ms;
+        config.pre_vote = opts.pre_vote;
+        config.check_quorum = opts.check_quorum;
         config.validate().map_err(RunError)?;
         let seed = opts.seed.unwrap_or_else(rand::random);
         let log = RaftLog::new(snapshot.index, snapshot.term, recovered.entries);
@@ -807,6 +813,10 @@ impl Node {
                     }
                 },
             },
+            Ok(ControlCommand::TransferLeader(to)) => self
+                .raft
+                .transfer_leader(to)
+                .map(|()| vec![format!("transferring leadership to node {to}")]),
             Ok(ControlCommand::Campaign) => {
                 self.raft.campaign();
                 Ok(vec![format!(
@@ -815,7 +825,29 @@ impl Node {
                 )])
             }
             Ok(ControlCommand::Help) => Ok(proto::HELP.lines().map(str::to_string).collect()),
-            Ok(cmd) => proto::apply_rules(&mut self.rules, cmd),
+            Ok(cmd) => {
+                let listing = matches!(
+                    cmd,
+                    ControlCommand::Rules
+                        | ControlCommand::Rule(crate::net::rules::RuleCommand::List(_))
+                );
+                let peers: Vec<u64> = self
+                    .cluster
+                    .ids()
+                    .into_iter()
+                    .filter(|&p| p != self.id)
+                    .collect();
+                let result = proto::apply_rules(&mut self.rules, &peers, cmd);
+                if result.is_ok() && !listing {
+                    let rules = proto::describe_rules(&self.rules).join("; ");
+                    log::info!(
+                        "node={} term={}: '{line}': {rules}",
+                        self.id,
+                        self.raft.current_term()
+                    );
+                }
+                result
+            }
         };
         match result {
             Ok(lines) => {

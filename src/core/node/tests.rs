@@ -4,8 +4,33 @@ use std::sync::Arc;
 use super::*;
 use crate::core::message::{AppendEntries, RequestVote};
 
+/// The plain algorithm of the paper: no pre-vote, no check-quorum.
 fn config(id: NodeId, n: u64) -> Config {
-    Config::new(id, (1..=n).collect())
+    let mut c = Config::new(id, (1..=n).collect());
+    c.pre_vote = false;
+    c.check_quorum = false;
+    c
+}
+
+/// With the dissertation's extensions on, as the runtime runs it.
+fn node_ext(id: NodeId, n: u64) -> RaftNode {
+    let c = Config::new(id, (1..=n).collect());
+    RaftNode::new(c, HardState::default(), RaftLog::default(), id)
+}
+
+/// Ticks every node in `ticking` `n` times, delivering messages along allowed links.
+fn run_ticks(
+    nodes: &mut [RaftNode],
+    ticking: &[NodeId],
+    n: u32,
+    allow: &dyn Fn(NodeId, NodeId) -> bool,
+) {
+    for _ in 0..n {
+        for &id in ticking {
+            nodes[(id - 1) as usize].tick();
+        }
+        settle(nodes, allow);
+    }
 }
 
 fn node(id: NodeId, n: u64) -> RaftNode {
@@ -139,6 +164,8 @@ fn higher_term_makes_leader_step_down() {
         term: 5,
         last_log_index: 0,
         last_log_term: 0,
+        pre_vote: false,
+        transfer: false,
     };
     nodes[0].step(2, Message::RequestVote(request));
     assert_eq!(nodes[0].role(), Role::Follower);
@@ -153,6 +180,8 @@ fn votes_once_per_term_for_up_to_date_logs() {
         term: 3,
         last_log_index: 5,
         last_log_term: 1,
+        pre_vote: false,
+        transfer: false,
     };
     n.step(2, Message::RequestVote(stale));
     assert_eq!(
@@ -164,6 +193,8 @@ fn votes_once_per_term_for_up_to_date_logs() {
         term: 3,
         last_log_index: 2,
         last_log_term: 2,
+        pre_vote: false,
+        transfer: false,
     };
     n.step(2, Message::RequestVote(good.clone()));
     assert_eq!(n.hard_state().voted_for, Some(2));
@@ -484,4 +515,83 @@ fn corrupt_snapshot_is_refused() {
     n.step(1, Message::InstallSnapshot(chunk));
     assert_eq!(n.log().last_index(), 0);
     assert!(n.ready().snapshot.is_none());
+}
+
+// §9.6: a node cut off for many election timeouts neither raises its term nor, once back,
+// disturbs the leader.
+#[test]
+fn pre_vote_stops_term_inflation_and_disruption() {
+    let mut nodes: Vec<RaftNode> = (1..=3).map(|id| node_ext(id, 3)).collect();
+    elect(&mut nodes, 1);
+    let term = nodes[0].current_term();
+    let cut = |a: NodeId, b: NodeId| a != 3 && b != 3;
+    run_ticks(&mut nodes, &[1, 2, 3], 3000, &cut);
+    assert_eq!(nodes[2].current_term(), term, "isolated node kept its term");
+    assert_eq!(nodes[2].role(), Role::PreCandidate);
+    run_ticks(&mut nodes, &[1, 2, 3], 500, &all);
+    assert_eq!(nodes[0].role(), Role::Leader, "leader undisturbed");
+    assert_eq!(nodes[0].current_term(), term);
+    assert_eq!(nodes[2].leader_id(), Some(1));
+}
+
+// §6.2: a leader that cannot hear from a quorum steps down and says why.
+#[test]
+fn check_quorum_steps_down_isolated_leader() {
+    let mut nodes: Vec<RaftNode> = (1..=3).map(|id| node_ext(id, 3)).collect();
+    elect(&mut nodes, 1);
+    let cut = |a: NodeId, b: NodeId| a != 1 && b != 1;
+    run_ticks(&mut nodes, &[1], 700, &cut);
+    assert_eq!(nodes[0].role(), Role::Follower);
+    assert!(nodes[0].status().role_reason.contains("lost quorum"));
+}
+
+// §4.2.3: a follower that heard from the leader recently ignores a disruptive vote request.
+#[test]
+fn lease_ignores_disruptive_vote_request() {
+    let mut nodes: Vec<RaftNode> = (1..=3).map(|id| node_ext(id, 3)).collect();
+    elect(&mut nodes, 1);
+    let term = nodes[1].current_term();
+    let request = RequestVote {
+        term: term + 5,
+        last_log_index: 100,
+        last_log_term: term + 4,
+        pre_vote: false,
+        transfer: false,
+    };
+    nodes[1].step(3, Message::RequestVote(request));
+    assert_eq!(nodes[1].current_term(), term);
+    assert!(nodes[1].ready().persisted_messages.is_empty());
+}
+
+// §3.10: a transfer brings the target up to date, then it wins an election at once.
+#[test]
+fn leadership_transfer_hands_over() {
+    let mut nodes: Vec<RaftNode> = (1..=3).map(|id| node_ext(id, 3)).collect();
+    elect(&mut nodes, 1);
+    nodes[0].propose(b"x".to_vec()).unwrap();
+    settle(&mut nodes, &|_, to| to != 3);
+    nodes[0].transfer_leader(3).unwrap();
+    assert!(
+        nodes[0].propose(b"y".to_vec()).is_err(),
+        "no proposals during a transfer"
+    );
+    // The lost append is noticed at the next heartbeat; then the target catches up.
+    run_ticks(&mut nodes, &[1], 60, &all);
+    assert_eq!(nodes[2].role(), Role::Leader);
+    assert_eq!(nodes[0].leader_id(), Some(3));
+    assert!(
+        nodes[0].transfer_leader(2).is_err(),
+        "only the leader transfers"
+    );
+}
+
+// A transfer to a target that never answers is abandoned, and proposals resume.
+#[test]
+fn stuck_transfer_times_out() {
+    let mut nodes: Vec<RaftNode> = (1..=3).map(|id| node_ext(id, 3)).collect();
+    elect(&mut nodes, 1);
+    nodes[0].transfer_leader(3).unwrap();
+    run_ticks(&mut nodes, &[1, 2], 400, &|a, b| a != 3 && b != 3);
+    assert_eq!(nodes[0].role(), Role::Leader);
+    assert!(nodes[0].propose(b"z".to_vec()).is_ok());
 }
