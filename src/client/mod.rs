@@ -48,6 +48,9 @@ pub struct Client {
     only: Option<NodeId>,
     /// Round-robin position used when no leader is known.
     next_guess: usize,
+    /// The node that last failed to answer; skipped while others remain to try, so a crashed
+    /// or cut-off leader does not cost a timeout on every round.
+    silent: Option<NodeId>,
     timeout: Duration,
     buf: Vec<u8>,
 }
@@ -82,6 +85,7 @@ impl Client {
             leader: None,
             only,
             next_guess,
+            silent: None,
             timeout,
             buf: vec![0; MAX_DATAGRAM + 1],
         })
@@ -97,8 +101,12 @@ impl Client {
             return id;
         }
         let ids = self.cluster.ids();
-        let id = ids[self.next_guess % ids.len()];
+        let mut id = ids[self.next_guess % ids.len()];
         self.next_guess += 1;
+        if Some(id) == self.silent && ids.len() > 1 {
+            id = ids[self.next_guess % ids.len()];
+            self.next_guess += 1;
+        }
         id
     }
 
@@ -131,6 +139,7 @@ impl Client {
             match self.await_answer(wait) {
                 Some(ClientOutcome::Applied(reply)) => {
                     self.leader = Some(target);
+                    self.silent = None;
                     return Outcome::Done(reply);
                 }
                 Some(ClientOutcome::Rejected(reason)) => return Outcome::Failed(reason),
@@ -156,6 +165,7 @@ impl Client {
                 None => {
                     last_problem = format!("no answer from node {target}");
                     self.leader = None;
+                    self.silent = Some(target);
                     attempt = (attempt * 2).min(MAX_ATTEMPT);
                 }
             }
