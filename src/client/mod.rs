@@ -15,7 +15,7 @@ use rand::Rng;
 use crate::config::Cluster;
 use crate::core::NodeId;
 use crate::kv::{Op, Reply};
-use crate::net::wire::{self, Body, ClientOutcome, ClientRequest, MAX_DATAGRAM};
+use crate::net::wire::{self, Body, ClientOutcome, ClientRequest, MAX_DATAGRAM, READ_SEQ_BIT};
 
 /// How an operation ended, from the client's point of view.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +41,11 @@ pub struct Client {
     cluster: Cluster,
     cluster_id: u64,
     client_id: u64,
+    /// Number of the last write; writes are numbered from 1 within a session.
+    write_seq: u64,
+    /// Number of the last read (sent with `READ_SEQ_BIT` set).
+    read_seq: u64,
+    /// Number of the operation under way, as sent.
     seq: u64,
     /// Where the last answer came from, or the leader a node named.
     leader: Option<NodeId>,
@@ -81,6 +86,8 @@ impl Client {
             cluster_id: cluster.cluster_id(),
             cluster,
             client_id: rng.gen_range(1..u64::MAX),
+            write_seq: 0,
+            read_seq: 0,
             seq: 0,
             leader: None,
             only,
@@ -115,7 +122,13 @@ impl Client {
         if let Err(reason) = op.validate() {
             return Outcome::Failed(reason);
         }
-        self.seq += 1;
+        self.seq = if op.is_write() {
+            self.write_seq += 1;
+            self.write_seq
+        } else {
+            self.read_seq += 1;
+            READ_SEQ_BIT | self.read_seq
+        };
         let request = ClientRequest {
             client_id: self.client_id,
             seq: self.seq,
@@ -137,6 +150,14 @@ impl Client {
             }
             let wait = attempt.min(deadline.saturating_duration_since(Instant::now()));
             match self.await_answer(wait) {
+                Some(ClientOutcome::Applied(Reply::SessionExpired)) => {
+                    // A fresh session for what comes next; this operation may have been
+                    // applied by an earlier attempt before the session expired.
+                    self.client_id = rand::thread_rng().gen_range(1..u64::MAX);
+                    self.write_seq = 0;
+                    let why = "the client session expired; the operation may have been applied";
+                    return Outcome::Unknown(why.to_string());
+                }
                 Some(ClientOutcome::Applied(reply)) => {
                     self.leader = Some(target);
                     self.silent = None;

@@ -5,6 +5,13 @@
 //! remembers every client's last sequence number and reply, so a retried command (a lost reply,
 //! a duplicated datagram, a resend to a new leader) is applied once and answered with the
 //! original reply (dissertation §6.3).
+//!
+//! Sessions expire by *log time*: each command carries the leader's clock reading when it was
+//! proposed, and the store's clock is the largest reading applied so far. Every node applies the
+//! same commands in the same order, so every node expires the same sessions at the same entry.
+//! A command from a client whose session expired (a sequence number above 1 from an unknown
+//! client) is refused rather than applied, since it may be the retry of a command that was
+//! already applied.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -103,15 +110,26 @@ pub enum Reply {
     /// The command's sequence number is older than the client's latest: it is a late duplicate
     /// of a request the client has already seen answered, and was not applied again.
     Stale,
+    /// The client's session expired (or never existed) and this is not its first command: it
+    /// was not applied now, but an earlier attempt of it may have been. The client must start a
+    /// new session.
+    SessionExpired,
 }
+
+/// A session unused for this long (in log time) expires.
+pub const SESSION_TTL_MS: u64 = 60 * 60 * 1000;
+/// Most sessions kept; beyond it the least recently active are dropped first.
+pub const MAX_SESSIONS: usize = 100_000;
 
 /// A write as it travels through the log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Command {
     /// Client that issued it.
     pub client_id: u64,
-    /// Client's sequence number for it; a client's numbers increase.
+    /// Client's sequence number for it; a client's numbers increase, starting at 1.
     pub seq: u64,
+    /// The leader's clock (ms since the Unix epoch) when it proposed the command: log time.
+    pub time_ms: u64,
     /// The write itself.
     pub op: Op,
 }
@@ -121,6 +139,8 @@ pub struct Command {
 struct Session {
     last_seq: u64,
     reply: Reply,
+    /// Log time of the client's last command.
+    last_active_ms: u64,
 }
 
 /// The key-value store plus the session table.
@@ -135,6 +155,12 @@ pub struct KvStore {
     /// Rolling hash of every applied entry, so two nodes can tell cheaply whether they have
     /// applied the same history.
     digest: u64,
+    /// Log time: the largest `time_ms` applied. Never decreases.
+    log_time_ms: u64,
+    /// Sessions idle longer than this expire.
+    session_ttl_ms: u64,
+    /// Most sessions kept.
+    max_sessions: usize,
 }
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
@@ -151,8 +177,16 @@ fn fnv(mut hash: u64, bytes: &[u8]) -> u64 {
 impl KvStore {
     /// An empty store.
     pub fn new() -> KvStore {
+        KvStore::with_session_limits(SESSION_TTL_MS, MAX_SESSIONS)
+    }
+
+    /// An empty store with other session limits (tests use short ones). Every node of a
+    /// cluster must use the same limits, or their stores diverge.
+    pub fn with_session_limits(session_ttl_ms: u64, max_sessions: usize) -> KvStore {
         KvStore {
             digest: FNV_OFFSET,
+            session_ttl_ms,
+            max_sessions: max_sessions.max(1),
             ..KvStore::default()
         }
     }
@@ -189,7 +223,9 @@ impl KvStore {
 
     /// The reply already given to `client_id` for `seq`, if that command was applied.
     pub fn cached_reply(&self, client_id: u64, seq: u64) -> Option<Reply> {
-        let session = self.sessions.get(&client_id)?;
+        let Some(session) = self.sessions.get(&client_id) else {
+            return (seq > 1).then_some(Reply::SessionExpired);
+        };
         match seq.cmp(&session.last_seq) {
             std::cmp::Ordering::Equal => Some(session.reply.clone()),
             std::cmp::Ordering::Less => Some(Reply::Stale),
@@ -231,16 +267,55 @@ impl KvStore {
     }
 
     fn apply_command(&mut self, command: &Command) -> Reply {
+        self.advance_log_time(command.time_ms);
         if let Some(reply) = self.cached_reply(command.client_id, command.seq) {
+            if let Some(session) = self.sessions.get_mut(&command.client_id) {
+                session.last_active_ms = self.log_time_ms;
+            }
             return reply;
         }
         let reply = self.apply_op(&command.op);
         let session = Session {
             last_seq: command.seq,
             reply: reply.clone(),
+            last_active_ms: self.log_time_ms,
         };
         self.sessions.insert(command.client_id, session);
+        if self.sessions.len() > self.max_sessions {
+            self.evict_oldest_sessions();
+        }
         reply
+    }
+
+    /// Moves log time forward and expires sessions idle past the TTL. Time only moves forward,
+    /// so a leader with a clock behind its predecessor's cannot revive expired sessions.
+    fn advance_log_time(&mut self, time_ms: u64) {
+        if time_ms <= self.log_time_ms {
+            return;
+        }
+        // Scanning on every command would cost O(sessions) each; once per second of log time
+        // keeps expiry prompt and cheap, and depends only on the log, so every node agrees.
+        let crossed_second = time_ms / 1000 != self.log_time_ms / 1000;
+        self.log_time_ms = time_ms;
+        if crossed_second {
+            let horizon = self.log_time_ms.saturating_sub(self.session_ttl_ms);
+            self.sessions.retain(|_, s| s.last_active_ms >= horizon);
+        }
+    }
+
+    /// Drops the least recently active tenth of the sessions (ties broken by client id, so
+    /// every node drops the same ones).
+    fn evict_oldest_sessions(&mut self) {
+        let mut by_age: Vec<(u64, u64)> = self
+            .sessions
+            .iter()
+            .map(|(&id, s)| (s.last_active_ms, id))
+            .collect();
+        by_age.sort_unstable();
+        let drop = (self.sessions.len() - self.max_sessions).max(self.max_sessions / 10);
+        for (_, id) in by_age.into_iter().take(drop) {
+            self.sessions.remove(&id);
+        }
     }
 
     fn apply_op(&mut self, op: &Op) -> Reply {
@@ -272,6 +347,9 @@ impl KvStore {
 struct SnapshotImage {
     applied_index: Index,
     digest: u64,
+    log_time_ms: u64,
+    session_ttl_ms: u64,
+    max_sessions: u64,
     data: Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)>,
     sessions: Vec<(u64, Session)>,
 }
@@ -289,6 +367,9 @@ impl KvStore {
         let image = SnapshotImage {
             applied_index: self.applied_index,
             digest: self.digest,
+            log_time_ms: self.log_time_ms,
+            session_ttl_ms: self.session_ttl_ms,
+            max_sessions: self.max_sessions as u64,
             data: self
                 .data
                 .iter()
@@ -320,6 +401,9 @@ impl KvStore {
             sessions: image.sessions.into_iter().collect(),
             applied_index: image.applied_index,
             digest: image.digest,
+            log_time_ms: image.log_time_ms,
+            session_ttl_ms: image.session_ttl_ms,
+            max_sessions: image.max_sessions as usize,
         })
     }
 }
@@ -353,7 +437,16 @@ mod tests {
     }
 
     fn cmd_entry(index: Index, client_id: u64, seq: u64, op: Op) -> Entry {
-        let command = Command { client_id, seq, op };
+        timed_entry(index, client_id, seq, op, 1000 * index)
+    }
+
+    fn timed_entry(index: Index, client_id: u64, seq: u64, op: Op, time_ms: u64) -> Entry {
+        let command = Command {
+            client_id,
+            seq,
+            op,
+            time_ms,
+        };
         Entry {
             term: 1,
             index,
@@ -377,6 +470,46 @@ mod tests {
         assert_eq!(again, Reply::Swapped);
         assert_eq!(kv.get(b"k"), Some(&b"b"[..]));
         assert_eq!(kv.cached_reply(7, 1), Some(Reply::Stale));
+    }
+
+    #[test]
+    fn idle_sessions_expire_by_log_time_and_refuse_retries() {
+        let put = |v: &str| Op::Put {
+            key: b"k".to_vec(),
+            value: v.as_bytes().to_vec(),
+        };
+        let mut kv = KvStore::with_session_limits(10_000, 100);
+        kv.apply(&timed_entry(1, 7, 1, put("a"), 1_000));
+        kv.apply(&timed_entry(2, 8, 1, put("b"), 5_000));
+        assert_eq!(kv.sessions(), 2);
+        // Client 8 stays active; client 7 falls idle past the TTL.
+        kv.apply(&timed_entry(3, 8, 2, put("c"), 12_000));
+        assert_eq!(kv.sessions(), 1);
+        let (_, reply) = kv
+            .apply(&timed_entry(4, 7, 2, put("late"), 12_500))
+            .unwrap();
+        assert_eq!(reply, Reply::SessionExpired);
+        assert_eq!(
+            kv.get(b"k"),
+            Some(&b"c"[..]),
+            "an expired session's retry is not applied"
+        );
+        let (_, fresh) = kv.apply(&timed_entry(5, 9, 1, put("new"), 13_000)).unwrap();
+        assert_eq!(fresh, Reply::Done, "a new session starts at 1");
+    }
+
+    #[test]
+    fn session_table_is_bounded() {
+        let mut kv = KvStore::with_session_limits(u64::MAX, 10);
+        for client in 1..=50 {
+            let op = Op::Del { key: b"k".to_vec() };
+            kv.apply(&timed_entry(client, client, 1, op, client));
+            assert!(kv.sessions() <= 10);
+        }
+        assert!(
+            kv.cached_reply(50, 1).is_some(),
+            "the newest session is kept"
+        );
     }
 
     #[test]
@@ -407,12 +540,12 @@ mod tests {
     fn snapshot_restores_data_sessions_and_digest() {
         let mut kv = KvStore::new();
         kv.apply(&put_entry(1, 7, 1, "a", "1"));
-        kv.apply(&put_entry(2, 8, 4, "b", "2"));
+        kv.apply(&put_entry(2, 8, 1, "b", "2"));
         let copy = KvStore::restore(&kv.snapshot()).unwrap();
         assert_eq!(copy.get(b"b"), Some(&b"2"[..]));
         assert_eq!(copy.applied_index(), 2);
         assert_eq!(copy.digest(), kv.digest());
-        assert_eq!(copy.cached_reply(8, 4), Some(Reply::Done));
+        assert_eq!(copy.cached_reply(8, 1), Some(Reply::Done));
         assert!(KvStore::restore(b"junk").is_err());
     }
 

@@ -40,12 +40,18 @@ pub enum Kind {
     ClientResponse = 3,
 }
 
+/// Set in the sequence number of every read (see [`ClientRequest::seq`]).
+pub const READ_SEQ_BIT: u64 = 1 << 63;
+
 /// A client request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientRequest {
     /// Random id the client chose for itself.
     pub client_id: u64,
-    /// Increases by one per new operation; a retry reuses it.
+    /// Identifies the operation; a retry reuses it. Writes are numbered 1, 2, 3... in their
+    /// own sequence, which the state machine's session uses to apply each write once. Reads
+    /// are never logged, so they are numbered separately with [`READ_SEQ_BIT`] set; their
+    /// number only pairs the answer with the request.
     pub seq: u64,
     /// The operation.
     pub op: Op,

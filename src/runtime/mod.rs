@@ -519,6 +519,16 @@ impl Node {
             self.reply(addr, client_id, seq, outcome);
             return;
         }
+        if op.is_write() == (seq & wire::READ_SEQ_BIT != 0) {
+            let why = "a write's sequence number must not have the read bit set, a read's must";
+            self.reply(
+                addr,
+                client_id,
+                seq,
+                ClientOutcome::Rejected(why.to_string()),
+            );
+            return;
+        }
         if self.raft.role() != Role::Leader {
             let leader = self.raft.leader_id();
             self.reply(addr, client_id, seq, ClientOutcome::NotLeader(leader));
@@ -550,7 +560,16 @@ impl Node {
                 return;
             }
         }
-        let data = kv::encode_command(&Command { client_id, seq, op });
+        let time_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let command = Command {
+            client_id,
+            seq,
+            op,
+            time_ms,
+        };
+        let data = kv::encode_command(&command);
         let index = match self.raft.propose(data) {
             Ok(index) => index,
             Err(not_leader) => {
