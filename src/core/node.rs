@@ -42,6 +42,11 @@ macro_rules! node_debug {
 mod leadership;
 mod snapshot;
 
+/// Largest term a message may carry. Terms grow by one per election, so no real cluster gets
+/// near it; a larger term can only come from a forged or corrupt datagram, and obeying it would
+/// bring the cluster close to overflowing its terms.
+pub const MAX_TERM: Term = 1 << 48;
+
 /// Static settings of one node. Timeouts are in ticks.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -552,6 +557,14 @@ impl RaftNode {
     pub fn step(&mut self, from: NodeId, message: Message) {
         if from == self.id || !self.config.voters.contains(&from) {
             node_debug!(self, "dropped {} from unknown node {from}", message.kind());
+            return;
+        }
+        if message.term() > MAX_TERM {
+            node_debug!(
+                self,
+                "dropped {} from node {from}: implausible term",
+                message.kind()
+            );
             return;
         }
 

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::{Path, PathBuf};
 
@@ -43,7 +43,13 @@ impl ControlServer {
     /// # Errors
     /// When a live node holds the path, or binding fails.
     pub fn bind(path: &Path, registry: &Registry, token: Token) -> Result<ControlServer, RunError> {
-        if path.exists() {
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if !meta.file_type().is_socket() {
+                return Err(RunError(format!(
+                    "control socket path {} exists and is not a socket; refusing to replace it",
+                    path.display()
+                )));
+            }
             if StdUnixStream::connect(path).is_ok() {
                 return Err(RunError(format!(
                     "control socket {} is held by a running node; stop it first or pass \
@@ -194,6 +200,9 @@ fn read_lines(conn: &mut Connection, lines: &mut Vec<String>) {
         }
     }
     while let Some(pos) = conn.input.iter().position(|&b| b == b'\n') {
+        if pos > MAX_LINE {
+            break;
+        }
         let raw: Vec<u8> = conn.input.drain(..=pos).collect();
         let line = String::from_utf8_lossy(&raw[..pos]).trim().to_string();
         if !line.is_empty() {

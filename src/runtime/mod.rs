@@ -141,6 +141,8 @@ pub struct Counters {
     pub snapshots_installed: u64,
     /// Datagrams and client requests ignored because of a disk error.
     pub dropped_disk_error: u64,
+    /// Client requests ignored because too many were waiting.
+    pub dropped_overload: u64,
 }
 
 /// The running node: the core plus everything that does IO for it.
@@ -415,7 +417,9 @@ impl Node {
                 from: peer,
                 message,
             } => {
-                if peer == self.id || self.cluster.addr(peer).is_none() {
+                // A member sends from the address it is listed at; anything else is forged or
+                // misconfigured, and trusting its header would let it speak for the member.
+                if peer == self.id || self.cluster.addr(peer) != Some(from) {
                     self.counters.dropped_unknown_sender += 1;
                     return;
                 }
@@ -535,8 +539,8 @@ impl Node {
             return;
         }
         if self.writes.len() + self.reads.len() >= MAX_PENDING {
-            let busy = ClientOutcome::Rejected("node is overloaded; retry later".to_string());
-            self.reply(addr, client_id, seq, busy);
+            // Overloaded: no answer, so the client retries later as after a lost datagram.
+            self.counters.dropped_overload += 1;
             return;
         }
         if op.is_write() {
@@ -836,11 +840,18 @@ impl Node {
                 .raft
                 .transfer_leader(to)
                 .map(|()| vec![format!("transferring leadership to node {to}")]),
+            Ok(ControlCommand::Campaign) if self.raft.role() == Role::Leader => {
+                Err("already the leader; use transfer-leader to hand leadership over".to_string())
+            }
             Ok(ControlCommand::Campaign) => {
                 self.raft.campaign();
+                // With pre-vote, the outcome may already be known (a live leader refuses).
+                let status = self.raft.status();
+                let role = serde_json::to_value(status.role).unwrap_or_default();
+                let role = role.as_str().unwrap_or("?").to_string();
                 Ok(vec![format!(
-                    "campaign started: term {}",
-                    self.raft.current_term()
+                    "{role} in term {}: {}",
+                    status.term, status.role_reason
                 )])
             }
             Ok(ControlCommand::Help) => Ok(proto::HELP.lines().map(str::to_string).collect()),
