@@ -14,4 +14,5 @@ pub mod core;
 pub mod kv;
 pub mod net;
 pub mod runtime;
+pub mod sim;
 pub mod storage;

@@ -178,14 +178,25 @@ pub fn interactive(args: &ClientArgs) -> u8 {
     };
     let stdin = io::stdin();
     let mut stdout = io::stdout().lock();
-    for line in stdin.lock().lines() {
-        let Ok(line) = line else {
+    for raw in stdin.lock().split(b'\n') {
+        let Ok(raw) = raw else {
             break;
+        };
+        // A line that is not UTF-8 is answered like any other bad line, and reading goes on.
+        let (line, parsed) = match String::from_utf8(raw) {
+            Ok(line) => {
+                let parsed = parse_line(&line);
+                (line, parsed)
+            }
+            Err(e) => {
+                let line = String::from_utf8_lossy(e.as_bytes()).into_owned();
+                (line, Err("the line is not valid UTF-8".to_string()))
+            }
         };
         if line.trim().is_empty() {
             continue;
         }
-        let fields = match parse_line(&line) {
+        let fields = match parsed {
             Ok((op, mut fields)) => {
                 let is_get = matches!(op, Op::Get { .. });
                 record_outcome(&mut fields, is_get, client.execute(op));

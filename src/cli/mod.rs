@@ -49,7 +49,7 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run one node of the cluster in the foreground until SIGINT or SIGTERM.
+    /// Run one node of the cluster in the foreground until SIGINT, SIGTERM or SIGHUP.
     Run(RunArgs),
     /// Send a command to a running node's control socket.
     #[command(after_help = crate::control::HELP)]
@@ -301,9 +301,17 @@ fn ctl(args: CtlArgs) -> u8 {
         (Some(path), _, _) => path.clone(),
         (None, Some(dir), _) => dir.join("control.sock"),
         (None, None, Some(id)) => default_data_dir(id).join("control.sock"),
-        (None, None, None) => return usage_error("ctl needs --control, --data-dir or --id"),
+        (None, None, None) => {
+            return usage_error("ctl needs --control, --data-dir or --id before the command")
+        }
     };
     let words = &args.command;
+    let misplaced = ["--control", "--data-dir", "--id", "--timeout"];
+    if let Some(flag) = words.iter().find(|w| misplaced.contains(&w.as_str())) {
+        return usage_error(&format!(
+            "{flag} must come before the command, e.g. raftnode ctl --id 1 status"
+        ));
+    }
     let human_status = words == &["status"];
     let line = words.join(" ");
     match crate::control::request(&path, &line, args.timeout) {

@@ -57,12 +57,13 @@ pub enum ControlCommand {
 
 /// Text of the `help` reply.
 pub const HELP: &str = "\
-status                          this node's state as one JSON line
+status [--json]                 this node's state (the socket always answers JSON;
+                                raftnode ctl formats it unless given --json)
 block [--in|--out] PEER...      drop datagrams from/to peers (both ways by default)
 unblock [--in|--out] PEER...    remove those rules
 isolate                         drop datagrams from and to every peer
 heal                            remove every rule
-rules                           list the rules (same as -S)
+rules                           list the rules (as -S does, or say there are none)
 campaign                        start an election now
 snapshot                        take a snapshot now and compact the log
 transfer-leader PEER            hand leadership to PEER (on the leader)

@@ -47,6 +47,13 @@ mod snapshot;
 /// bring the cluster close to overflowing its terms.
 pub const MAX_TERM: Term = 1 << 48;
 
+/// Node ids as "1, 2, 3", for log lines and reasons (no brackets, so scripts that pick
+/// fields out of status JSON with sed see one plain string).
+fn id_list(ids: &[NodeId]) -> String {
+    let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+    ids.join(", ")
+}
+
 /// Static settings of one node. Timeouts are in ticks.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -769,10 +776,11 @@ impl RaftNode {
             .collect();
         self.votes.clear();
         let term = self.current_term;
-        self.role_reason = format!("won the election of term {term} with votes from {voters:?}");
+        let voters = id_list(&voters);
+        self.role_reason = format!("won the election of term {term} with votes from {voters}");
         node_info!(
             self,
-            "became leader (was Candidate): won election with votes from {voters:?}"
+            "became leader (was Candidate): won election with votes from {voters}"
         );
         self.append_own(Payload::Noop);
     }
@@ -934,6 +942,7 @@ impl RaftNode {
         }
         if self.leader_id != Some(from) {
             self.leader_id = Some(from);
+            self.role_reason = format!("following leader {from}");
             node_info!(self, "following leader {from}");
         }
         self.reset_election_timer();
@@ -1039,7 +1048,24 @@ impl RaftNode {
         } else {
             let stale = m.request_prev_index < pr.match_index
                 || (pr.mode == ProgressMode::Probe && m.request_prev_index + 1 != pr.next_index);
-            if stale {
+            let regressed = m.request_prev_index >= pr.match_index
+                && m.conflict_term.is_none()
+                && m.conflict_index <= pr.match_index
+                && pr.match_index > 0;
+            if regressed {
+                // The follower no longer holds entries it acknowledged: its disk lost them (a
+                // torn or damaged tail cut off at restart). Believe it, or it never catches up.
+                let next = m.conflict_index.min(m.request_prev_index).max(1);
+                log::warn!(
+                    "node={} term={}: node {from} lost entries it acknowledged (up to {}); \
+                     resending from {next}",
+                    self.id,
+                    self.current_term,
+                    pr.match_index
+                );
+                let pr = self.progress.get_mut(&from).expect("progress of peer");
+                pr.regressed(next);
+            } else if stale {
                 node_debug!(self, "ignored stale rejection from node {from}");
             } else {
                 let hint = match m.conflict_term {

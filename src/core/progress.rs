@@ -126,6 +126,14 @@ impl Progress {
         self.snapshot = None;
     }
 
+    /// The follower's log ends before `next` although it had acknowledged more (its disk lost
+    /// a tail): forget what it acknowledged from `next` on and probe from there.
+    pub fn regressed(&mut self, next: Index) {
+        assert!(next >= 1, "next index starts at 1");
+        self.match_index = self.match_index.min(next - 1);
+        self.rejected(next);
+    }
+
     /// Switches to sending the snapshot that ends at `index`.
     pub fn start_snapshot(&mut self, index: Index, total_len: u64) {
         self.mode = ProgressMode::Snapshot;

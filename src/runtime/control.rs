@@ -119,14 +119,11 @@ impl ControlServer {
         }
     }
 
-    /// Handles readiness on a connection and returns the complete lines it received.
-    pub fn handle_event(
-        &mut self,
-        registry: &Registry,
-        token: Token,
-        readable: bool,
-        writable: bool,
-    ) -> Vec<String> {
+    /// Handles readiness on a connection and returns the complete lines it received. The
+    /// caller answers each with `respond`, then calls `finish`, which closes the connection if
+    /// the peer is done: a client that sends its line and shuts down its side at once (`echo
+    /// status | socat ...`) still gets its answer.
+    pub fn handle_event(&mut self, token: Token, readable: bool, writable: bool) -> Vec<String> {
         if token.0 < self.first_token {
             log::warn!("event for unknown token {token:?}");
             return Vec::new();
@@ -141,12 +138,16 @@ impl ControlServer {
         if writable || !conn.output.is_empty() {
             flush(conn);
         }
-        self.maybe_close(registry, token);
         lines
     }
 
+    /// Closes the connection once its peer is done and every answer is sent.
+    pub fn finish(&mut self, registry: &Registry, token: Token) {
+        self.maybe_close(registry, token);
+    }
+
     /// Queues a reply on a connection and tries to send it at once.
-    pub fn respond(&mut self, registry: &Registry, token: Token, reply: &str) {
+    pub fn respond(&mut self, token: Token, reply: &str) {
         let Some(conn) = self.connections.get_mut(&token) else {
             return;
         };
@@ -156,7 +157,6 @@ impl ControlServer {
             conn.closing = true;
         }
         flush(conn);
-        self.maybe_close(registry, token);
     }
 
     fn maybe_close(&mut self, registry: &Registry, token: Token) {
@@ -205,6 +205,14 @@ fn read_lines(conn: &mut Connection, lines: &mut Vec<String>) {
         }
         let raw: Vec<u8> = conn.input.drain(..=pos).collect();
         let line = String::from_utf8_lossy(&raw[..pos]).trim().to_string();
+        if !line.is_empty() {
+            lines.push(line);
+        }
+    }
+    // At end of input, a last line without its newline still counts.
+    if conn.closing && !conn.input.is_empty() && conn.input.len() <= MAX_LINE {
+        let raw = std::mem::take(&mut conn.input);
+        let line = String::from_utf8_lossy(&raw).trim().to_string();
         if !line.is_empty() {
             lines.push(line);
         }

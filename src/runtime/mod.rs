@@ -264,7 +264,7 @@ impl Node {
             .map_err(ctx(|| "installing signal handlers".to_string()))?;
 
         log::info!(
-            "node={} term={}: started on {addr}, log has {} entries, control socket {}",
+            "node={} term={}: started on {addr}, last log index {}, control socket {}",
             opts.id,
             raft.current_term(),
             raft.log().last_index(),
@@ -639,6 +639,10 @@ impl Node {
             }
         }
         self.note_role_change();
+        // Debug builds (the tests) re-check the core's invariants after every turn.
+        if cfg!(debug_assertions) {
+            self.raft.check_invariants();
+        }
         Ok(())
     }
 
@@ -811,13 +815,12 @@ impl Node {
     // ----- control -----
 
     fn control_event(&mut self, token: Token, readable: bool, writable: bool) {
-        let lines = self
-            .control
-            .handle_event(self.poll.registry(), token, readable, writable);
+        let lines = self.control.handle_event(token, readable, writable);
         for line in lines {
             let reply = self.execute(&line);
-            self.control.respond(self.poll.registry(), token, &reply);
+            self.control.respond(token, &reply);
         }
+        self.control.finish(self.poll.registry(), token);
     }
 
     /// Runs one control line and returns the full reply text (data lines, then ok or error).

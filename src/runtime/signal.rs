@@ -1,4 +1,4 @@
-//! SIGINT and SIGTERM as poll events, through a self-pipe: the handler writes one byte to a
+//! SIGINT, SIGTERM and SIGHUP (a closed terminal) as poll events, through a self-pipe: the handler writes one byte to a
 //! socket pair whose other end the event loop watches, so a signal wakes an idle node at once
 //! and the node shuts down from its loop rather than from inside the handler.
 
@@ -31,7 +31,7 @@ pub struct SignalPipe {
 }
 
 impl SignalPipe {
-    /// Creates the pipe, registers it, and routes SIGINT and SIGTERM to it.
+    /// Creates the pipe, registers it, and routes SIGINT, SIGTERM and SIGHUP to it.
     ///
     /// # Errors
     /// If the socket pair or the handlers cannot be set up.
@@ -43,7 +43,7 @@ impl SignalPipe {
         registry.register(&mut reader, token, Interest::READABLE)?;
         // The write end lives for the whole process: the handler may fire at any time.
         WAKE_FD.store(writer.into_raw_fd(), Ordering::Relaxed);
-        for signal in [libc::SIGINT, libc::SIGTERM] {
+        for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
             // SAFETY: installing a handler that only performs an async-signal-safe write.
             let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
             if unsafe { libc::signal(signal, handler) } == libc::SIG_ERR {

@@ -388,6 +388,8 @@ pub struct Status {
     pub last_applied: u64,
     pub last_log_index: u64,
     pub last_log_term: u64,
+    /// Last index covered by the node's snapshot (0 without one).
+    pub snapshot_index: u64,
     pub cluster: String,
     pub applied_digest: String,
     pub keys: u64,

@@ -94,7 +94,12 @@ impl RaftNode {
         self.votes.clear();
         self.votes.insert(self.id, true);
         self.reset_election_timer();
-        node_info!(self, "became pre-candidate (was {previous:?}): {reason}");
+        // A node cut off retries every election timeout; only the first attempt is news.
+        if previous == Role::PreCandidate {
+            node_debug!(self, "pre-vote again: {reason}");
+        } else {
+            node_info!(self, "became pre-candidate (was {previous:?}): {reason}");
+        }
     }
 
     /// Pre-vote receiver: "yes" only for a later term, a log at least as up to date as ours,
@@ -133,7 +138,11 @@ impl RaftNode {
         self.votes.insert(from, m.vote_granted);
         if self.votes_granted() >= self.quorum() {
             let voters: Vec<NodeId> = self.voters_granted();
-            let reason = format!("{}; pre-vote won with {voters:?}", self.role_reason);
+            let reason = format!(
+                "{}; pre-vote won with {}",
+                self.role_reason,
+                super::id_list(&voters)
+            );
             self.request_votes(&reason, false);
             return;
         }
