@@ -362,7 +362,7 @@ cmd_status() {
     _spec=$(cluster_spec "$_dir")
     _bin=$(find_bin "$_dir")
     note "cluster in $_dir: RAFTNODE_CLUSTER=$_spec"
-    _format='%-4s %-8s %-5s %-9s %-5s %-6s %-6s %-7s %-16s %s\n'
+    _format='%-4s %-8s %-5s %-13s %-5s %-6s %-6s %-7s %-16s %s\n'
     # shellcheck disable=SC2059 # the format is the constant above
     printf "$_format" NODE PID ALIVE ROLE TERM LEADER COMMIT APPLIED DIGEST RULES
     _rc=0

@@ -98,6 +98,9 @@ impl FromStr for Cluster {
                 return Err("node id 0 is reserved; ids start at 1".to_string());
             }
             let addr = resolve(addr.trim())?;
+            if addr.port() == 0 {
+                return Err(format!("node {id} has port 0; give each node a fixed port"));
+            }
             if members.values().any(|&a| a == addr) {
                 return Err(format!("address {addr} is listed twice"));
             }

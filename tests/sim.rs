@@ -479,3 +479,32 @@ fn one_way_link_cut_disrupts_but_does_not_break_the_cluster() {
         assert_acknowledged_everywhere(&sim);
     }
 }
+
+// Dissertation §9.6: a follower cut off for many election timeouts keeps its term (its
+// pre-votes fail), and when it comes back the leader and the term stay as they were.
+#[test]
+fn isolated_follower_rejoins_without_changing_leader_or_term() {
+    let mut sim = Simulation::new(SimConfig::scripted(3, 17));
+    let leader = sim.wait_for_leader(ELECTION_BUDGET);
+    sim.commit_one(ELECTION_BUDGET);
+    let term = sim.node(leader).unwrap().current_term();
+    let follower = sim.node_ids().into_iter().find(|&n| n != leader).unwrap();
+
+    sim.isolate(follower);
+    let timeout = u64::from(sim.config().election_timeout_max_ticks);
+    sim.run_ticks(20 * timeout);
+    assert_eq!(
+        sim.node(follower).unwrap().current_term(),
+        term,
+        "term inflated"
+    );
+
+    sim.heal();
+    sim.run_ticks(10 * timeout);
+    assert!(
+        sim.is_leader(leader),
+        "the returning follower changed the leader"
+    );
+    assert_eq!(sim.node(leader).unwrap().current_term(), term);
+    converge(&mut sim);
+}

@@ -55,6 +55,9 @@ pub fn cas(key: String, expected: String, new: String) -> Op {
 }
 
 fn connect(args: &ClientArgs) -> Result<Client, String> {
+    if args.timeout < std::time::Duration::from_millis(1) {
+        return Err("--timeout must be at least 1ms".to_string());
+    }
     let cluster: Cluster = args.cluster.parse()?;
     Client::new(cluster, args.node, args.timeout).map_err(|e| e.to_string())
 }

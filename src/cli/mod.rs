@@ -94,6 +94,23 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Run the deterministic cluster simulation (the tests' fault model) for some seeds and
+    /// print what happened; a safety violation prints the seed and exits 1.
+    Sim(SimArgs),
+}
+
+/// Flags of `raftnode sim`.
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    /// Cluster size.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=9))]
+    pub nodes: u64,
+    /// First seed [default: random].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// How many consecutive seeds to run.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub seeds: u64,
 }
 
 /// Flags of `raftnode run`.
@@ -222,7 +239,25 @@ fn dispatch(command: Command) -> u8 {
             client,
         } => client::one_shot(&client, client::cas(key, expected, new)),
         Command::Client { client } => client::interactive(&client),
+        Command::Sim(args) => simulate(&args),
     }
+}
+
+fn simulate(args: &SimArgs) -> u8 {
+    use crate::sim::{run_seed, SimConfig};
+    let first = args.seed.unwrap_or_else(|| rand::random::<u32>().into());
+    for seed in first..first.saturating_add(args.seeds) {
+        let config = SimConfig::varied(args.nodes as usize, seed);
+        // A violation panics with the seed, the step and the events before it.
+        match std::panic::catch_unwind(|| run_seed(config)) {
+            Ok(report) => println!("{report}"),
+            Err(_) => {
+                eprintln!("raftnode sim: seed {seed} failed (details above)");
+                return EXIT_FAIL;
+            }
+        }
+    }
+    EXIT_OK
 }
 
 /// Prints a usage problem found after clap's own checks.
