@@ -946,3 +946,41 @@ fn control_path_holding_a_regular_file_is_not_deleted() {
 // - the retry path where the new leader appends the command a second time before applying the
 //   first copy (which copy wins is a race the rules cannot force; the session table in
 //   src/kv covers it with a unit test).
+
+/// A node whose disk fails stops voting, leading and acknowledging, says why in its status,
+/// and keeps answering it; the other two carry on and lose nothing acknowledged.
+#[test]
+fn disk_error_stops_the_node_but_not_the_cluster() {
+    let mut c = Cluster::start("disk-error", 3, FAST);
+    let ids = c.ids();
+    c.wait_for_leader(&ids, within(WAIT)).unwrap();
+    c.kill9(1);
+    c.set_env(1, "RAFTNODE_FAILPOINT_SYNC_AFTER", "5");
+    c.start_node(1);
+
+    for i in 0..30 {
+        c.put_ok(&format!("d{i}"), "v");
+    }
+    let failed = wait_until(within(WAIT), "node 1 to report its disk error", || {
+        let out = c.ctl(1, &["status", "--json"]);
+        let raw: serde_json::Value = serde_json::from_str(out.line()).map_err(|e| e.to_string())?;
+        if raw["disk_error"].is_null() {
+            return Err(format!("no disk error yet: {raw}"));
+        }
+        Ok(raw)
+    })
+    .unwrap();
+    assert_eq!(failed["role"], json!("stopped"), "{failed}");
+    assert!(failed["role_reason"]
+        .as_str()
+        .unwrap()
+        .contains("disk error"));
+    assert!(c.is_running(1), "the node keeps running to answer status");
+
+    // The others still elect and commit without node 1, and every acknowledged write is there.
+    c.wait_for_leader(&[2, 3], within(WAIT)).unwrap();
+    for i in 0..30 {
+        assert_eq!(c.get(&format!("d{i}")).as_deref(), Some("v"), "d{i}");
+    }
+    c.put_ok("after", "x");
+}

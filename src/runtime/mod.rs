@@ -259,6 +259,17 @@ impl Node {
         poll.registry()
             .register(&mut socket, UDP, Interest::READABLE)
             .map_err(ctx(|| "registering UDP socket".to_string()))?;
+        let mut storage = storage;
+        if let Some(n) = std::env::var("RAFTNODE_FAILPOINT_SYNC_AFTER")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            log::warn!(
+                "node={}: failpoint: disk writes fail after {n} syncs",
+                opts.id
+            );
+            storage.fail_sync_after(n);
+        }
         let control = ControlServer::bind(&opts.control_path, poll.registry(), CONTROL)?;
         let signals = signal::SignalPipe::install(poll.registry(), SIGNAL)
             .map_err(ctx(|| "installing signal handlers".to_string()))?;
@@ -517,10 +528,10 @@ impl Node {
             self.reply(addr, client_id, seq, ClientOutcome::Rejected(reason));
             return;
         }
-        if let Some(error) = &self.disk_error {
+        if self.disk_error.is_some() {
+            // Not leading any more: send the client on to the other members.
             self.counters.dropped_disk_error += 1;
-            let outcome = ClientOutcome::Rejected(format!("node has a disk error: {error}"));
-            self.reply(addr, client_id, seq, outcome);
+            self.reply(addr, client_id, seq, ClientOutcome::NotLeader(None));
             return;
         }
         if op.is_write() == (seq & wire::READ_SEQ_BIT != 0) {
@@ -930,6 +941,13 @@ impl Node {
             pending_reads: self.reads.len(),
             disk_error: self.disk_error.as_deref(),
         };
-        serde_json::to_string(&full).expect("status serializes")
+        let mut value = serde_json::to_value(&full).expect("status serializes");
+        if let Some(error) = &self.disk_error {
+            // The core still holds its last role, but the node no longer acts on it.
+            value["role"] = "stopped".into();
+            value["leader"] = serde_json::Value::Null;
+            value["role_reason"] = format!("disk error: {error}").into();
+        }
+        value.to_string()
     }
 }

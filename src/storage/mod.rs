@@ -145,6 +145,8 @@ pub struct Storage {
     hard_state: HardState,
     /// True when written records still await fdatasync.
     unsynced: bool,
+    /// Test failpoint: after this many more successful syncs, every sync fails.
+    fail_sync_after: Option<u64>,
 }
 
 impl Storage {
@@ -193,6 +195,7 @@ impl Storage {
             buf: Vec::with_capacity(64 * 1024),
             hard_state: recovered.hard_state,
             unsynced: false,
+            fail_sync_after: None,
         };
         Ok((storage, recovered))
     }
@@ -200,6 +203,12 @@ impl Storage {
     /// The data directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Makes every sync after the next `syncs` fail, as a full or failing disk would: for
+    /// testing how the node behaves (`RAFTNODE_FAILPOINT_SYNC_AFTER`).
+    pub fn fail_sync_after(&mut self, syncs: u64) {
+        self.fail_sync_after = Some(syncs);
     }
 
     /// Number of WAL segment files.
@@ -230,6 +239,12 @@ impl Storage {
     /// The write or sync failure. The caller must not acknowledge anything queued since the
     /// last successful sync.
     pub fn sync(&mut self) -> io::Result<()> {
+        if let Some(left) = self.fail_sync_after.as_mut() {
+            if *left == 0 {
+                return Err(io::Error::other("injected write failure (failpoint)"));
+            }
+            *left -= 1;
+        }
         if !self.buf.is_empty() {
             self.current.write_all(&self.buf)?;
             self.current_len += self.buf.len() as u64;

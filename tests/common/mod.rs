@@ -427,6 +427,8 @@ pub struct Node {
     pub data_dir: PathBuf,
     /// Its stderr (the log), appended to across restarts.
     pub log_path: PathBuf,
+    /// Extra environment for its next starts (e.g. a storage failpoint).
+    pub env: Vec<(String, String)>,
     /// The running process; a RefCell so that `&self` helpers can notice it died.
     process: RefCell<Option<ChildGuard>>,
 }
@@ -490,6 +492,7 @@ impl Cluster {
                     id,
                     data_dir: dir.path().join(format!("node-{id}")),
                     log_path: dir.path().join(format!("node-{id}.log")),
+                    env: Vec::new(),
                     process: RefCell::new(None),
                 };
                 (id, node)
@@ -571,6 +574,7 @@ impl Cluster {
             .map_err(|e| format!("opening {}: {e}", node.log_path.display()))?;
         let child = Command::new(BIN)
             .args(&args)
+            .envs(node.env.iter().map(|(k, v)| (k, v)))
             .env_remove("RAFTNODE_CLUSTER")
             .env_remove("RAFTNODE_LOG")
             .stdin(Stdio::null())
@@ -591,6 +595,12 @@ impl Cluster {
             }
             self.status_unchecked(id).map(|_| Ok(()))
         })?
+    }
+
+    /// Sets an environment variable for node `id`'s next starts.
+    pub fn set_env(&mut self, id: u64, key: &str, value: &str) {
+        let node = self.nodes.get_mut(&id).expect("node id");
+        node.env.push((key.to_string(), value.to_string()));
     }
 
     /// Starts node `id` (again) and waits until it serves its control socket.
