@@ -6,6 +6,7 @@
 //! (the node's disk), `runtime` (the mio event loop), `control` and `client` (the operator and
 //! client sides), `sim` (a deterministic cluster simulation), `cli` (the command line).
 
+pub mod checker;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -150,18 +150,10 @@ impl Client {
             }
             let wait = attempt.min(deadline.saturating_duration_since(Instant::now()));
             match self.await_answer(wait) {
-                Some(ClientOutcome::Applied(Reply::SessionExpired)) => {
-                    // A fresh session for what comes next; this operation may have been
-                    // applied by an earlier attempt before the session expired.
-                    self.client_id = rand::thread_rng().gen_range(1..u64::MAX);
-                    self.write_seq = 0;
-                    let why = "the client session expired; the operation may have been applied";
-                    return Outcome::Unknown(why.to_string());
-                }
                 Some(ClientOutcome::Applied(reply)) => {
                     self.leader = Some(target);
                     self.silent = None;
-                    return Outcome::Done(reply);
+                    return self.applied(reply);
                 }
                 Some(ClientOutcome::Rejected(reason)) => return Outcome::Failed(reason),
                 Some(ClientOutcome::NotLeader(hint)) => {
@@ -179,7 +171,7 @@ impl Client {
                         let pause =
                             NO_LEADER_PAUSE.min(deadline.saturating_duration_since(Instant::now()));
                         if let Some(ClientOutcome::Applied(reply)) = self.await_answer(pause) {
-                            return Outcome::Done(reply);
+                            return self.applied(reply);
                         }
                     }
                 }
@@ -195,6 +187,19 @@ impl Client {
             "timed out after {:?}: {last_problem}",
             self.timeout
         ))
+    }
+
+    /// The outcome of an operation the cluster answered with `reply`.
+    fn applied(&mut self, reply: Reply) -> Outcome {
+        if reply != Reply::SessionExpired {
+            return Outcome::Done(reply);
+        }
+        // A fresh session for what comes next; this operation may have been applied by an
+        // earlier attempt before the session expired.
+        self.client_id = rand::thread_rng().gen_range(1..u64::MAX);
+        self.write_seq = 0;
+        let why = "the client session expired; the operation may have been applied";
+        Outcome::Unknown(why.to_string())
     }
 
     /// Waits up to `wait` for the answer to the current operation, skipping stale answers.
