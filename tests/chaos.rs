@@ -35,6 +35,7 @@
 
 #[path = "common/chaos_support.rs"]
 mod chaos_support;
+mod common;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -7,10 +7,9 @@
 //! pid on drop, also when the test panics) and the ports. A node that exits without the test
 //! having killed it is a crash; [`Cluster::reap_crashes`] notices it and keeps its exit status.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
@@ -20,40 +19,16 @@ use rand::Rng;
 
 use raftnode::control;
 
+use super::common::pick_ports;
+pub use super::common::wait_until;
+
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_raftnode");
 
-/// Ports handed out: below Linux's ephemeral range (32768..), so a client's UDP socket never
-/// takes a node's port between our check and the node's bind.
-const PORT_RANGE: (u16, u16) = (20_000, 32_000);
 /// Longest wait for one control command.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest wait for a started node to answer on its control socket.
 const START_LIMIT: Duration = Duration::from_secs(20);
-/// How often waits probe their condition.
-const PROBE: Duration = Duration::from_millis(20);
-
-/// Calls `probe` every 20 ms until it returns `Ok` or `deadline` passes; the error is the last
-/// thing `probe` saw.
-///
-/// # Errors
-/// On timeout, "timed out waiting for WHAT: LAST".
-pub fn wait_until<T>(
-    deadline: Instant,
-    what: &str,
-    mut probe: impl FnMut() -> Result<T, String>,
-) -> Result<T, String> {
-    loop {
-        let last = match probe() {
-            Ok(value) => return Ok(value),
-            Err(seen) => seen,
-        };
-        if Instant::now() >= deadline {
-            return Err(format!("timed out waiting for {what}: {last}"));
-        }
-        thread::sleep(PROBE.min(deadline.saturating_duration_since(Instant::now())));
-    }
-}
 
 /// A temporary directory, removed on drop unless asked to keep it.
 pub struct TempDir {
@@ -91,27 +66,6 @@ impl Drop for TempDir {
         }
         let _ = fs::remove_dir_all(&self.path);
     }
-}
-
-/// Picks `n` distinct UDP ports on 127.0.0.1 that are free right now.
-fn pick_ports(n: usize) -> Vec<u16> {
-    let mut rng = rand::thread_rng();
-    let mut held: Vec<(u16, UdpSocket)> = Vec::new();
-    let mut tried = HashSet::new();
-    for _ in 0..10_000 {
-        if held.len() == n {
-            break;
-        }
-        let port = rng.gen_range(PORT_RANGE.0..PORT_RANGE.1);
-        if !tried.insert(port) {
-            continue;
-        }
-        if let Ok(socket) = UdpSocket::bind(("127.0.0.1", port)) {
-            held.push((port, socket));
-        }
-    }
-    assert_eq!(held.len(), n, "could not find {n} free UDP ports");
-    held.into_iter().map(|(port, _socket)| port).collect()
 }
 
 /// What the test did to a node's process last.
