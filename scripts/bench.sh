@@ -39,19 +39,8 @@ while [ $# -gt 0 ]; do
 done
 
 root=$(repo_root)
-(cd "$root" && cargo build --release --quiet --examples) || die "build failed"
-dir=$(mktemp -d "${TMPDIR:-/tmp}/raftnode-bench.XXXXXX")
-cleanup() {
-    sh "$SCRIPT_DIR/cluster.sh" stop --dir "$dir" >/dev/null 2>&1 || true
-    rm -rf "$dir"
-}
-trap cleanup EXIT INT TERM
-
-sh "$SCRIPT_DIR/cluster.sh" start --nodes 3 --base-port "$base_port" --dir "$dir" \
-    -- --log-level warn >/dev/null
-# shellcheck disable=SC1091
-. "$dir/cluster.env"
-export RAFTNODE_CLUSTER
+start_temp_cluster bench "$base_port"
+dir=$CLUSTER_DIR
 
 bench="$root/target/release/examples/bench"
 "$bench" --clients 1 --duration "${duration}s"

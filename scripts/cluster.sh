@@ -328,37 +328,13 @@ stop_nodes() {
 }
 
 cmd_stop() {
-    _dir=./cluster
-    while [ $# -gt 0 ]; do
-        case $1 in
-            --dir)
-                [ $# -ge 2 ] || usage_error "--dir needs a value"
-                _dir=$2
-                shift 2
-                ;;
-            -h | --help) usage && exit 0 ;;
-            *) usage_error "stop: unknown argument '$1'" ;;
-        esac
-    done
-    [ -d "$_dir" ] || die "no cluster in $_dir (no such folder)"
-    stop_nodes "$(abs_dir "$_dir")"
+    dir_only_args "stop: " "$@"
+    stop_nodes "$CLUSTER_DIR"
 }
 
 cmd_status() {
-    _dir=./cluster
-    while [ $# -gt 0 ]; do
-        case $1 in
-            --dir)
-                [ $# -ge 2 ] || usage_error "--dir needs a value"
-                _dir=$2
-                shift 2
-                ;;
-            -h | --help) usage && exit 0 ;;
-            *) usage_error "status: unknown argument '$1'" ;;
-        esac
-    done
-    [ -d "$_dir" ] || die "no cluster in $_dir (no such folder)"
-    _dir=$(abs_dir "$_dir")
+    dir_only_args "status: " "$@"
+    _dir=$CLUSTER_DIR
     _spec=$(cluster_spec "$_dir")
     _bin=$(find_bin "$_dir")
     note "cluster in $_dir: RAFTNODE_CLUSTER=$_spec"

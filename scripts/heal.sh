@@ -15,20 +15,8 @@ link is open again. Exits 1 when a node could not be reached (the others are sti
 EOF
 }
 
-dir=./cluster
-while [ $# -gt 0 ]; do
-    case $1 in
-        --dir)
-            [ $# -ge 2 ] || usage_error "--dir needs a value"
-            dir=$2
-            shift 2
-            ;;
-        -h | --help) usage && exit 0 ;;
-        *) usage_error "unknown argument '$1'" ;;
-    esac
-done
-[ -d "$dir" ] || die "no cluster in $dir (no such folder)"
-dir=$(abs_dir "$dir")
+dir_only_args "" "$@"
+dir=$CLUSTER_DIR
 spec=$(cluster_spec "$dir")
 bin=$(find_bin "$dir")
 

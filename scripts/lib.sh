@@ -248,3 +248,48 @@ log_tail() {
         tail -n 8 "$_lt_log"
     fi
 }
+
+# ----- argument helpers shared by the scripts -----
+
+# dir_only_args CONTEXT ARGS...: parses arguments that may only be --dir DIR (default
+# ./cluster) or -h/--help (calls the script's usage and exits). Sets CLUSTER_DIR to the absolute
+# path of an existing cluster folder. CONTEXT prefixes the message about an unknown argument.
+dir_only_args() {
+    _context=$1
+    shift
+    CLUSTER_DIR=./cluster
+    while [ $# -gt 0 ]; do
+        case $1 in
+            --dir)
+                [ $# -ge 2 ] || usage_error "--dir needs a value"
+                CLUSTER_DIR=$2
+                shift 2
+                ;;
+            -h | --help) usage && exit 0 ;;
+            *) usage_error "${_context}unknown argument '$1'" ;;
+        esac
+    done
+    [ -d "$CLUSTER_DIR" ] || die "no cluster in $CLUSTER_DIR (no such folder)"
+    CLUSTER_DIR=$(abs_dir "$CLUSTER_DIR")
+}
+
+# start_temp_cluster NAME BASE_PORT: builds the release binary and examples, starts 3 quiet
+# nodes on 127.0.0.1 (ports BASE_PORT+1..+3) in a new temporary folder, sets CLUSTER_DIR to
+# it, exports RAFTNODE_CLUSTER, and arranges for the nodes and folder to go when the script
+# exits or is interrupted.
+start_temp_cluster() {
+    (cd "$(repo_root)" && cargo build --release --quiet --examples) || die "build failed"
+    CLUSTER_DIR=$(mktemp -d "${TMPDIR:-/tmp}/raftnode-$1.XXXXXX")
+    trap remove_temp_cluster EXIT INT TERM
+    sh "$SCRIPT_DIR/cluster.sh" start --nodes 3 --base-port "$2" --dir "$CLUSTER_DIR" \
+        -- --log-level warn >/dev/null
+    # shellcheck disable=SC1091
+    . "$CLUSTER_DIR/cluster.env"
+    export RAFTNODE_CLUSTER
+}
+
+# remove_temp_cluster: stops the nodes of start_temp_cluster's folder and deletes it.
+remove_temp_cluster() {
+    sh "$SCRIPT_DIR/cluster.sh" stop --dir "$CLUSTER_DIR" >/dev/null 2>&1 || true
+    rm -rf "$CLUSTER_DIR"
+}
